@@ -1,0 +1,1 @@
+"""jaxgan: a JAX training engine for GANs that compose symbolic music."""
