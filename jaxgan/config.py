@@ -1,0 +1,281 @@
+"""Experiment configs: ml_collections files, command-line overrides and up-front validation.
+
+A config file is a Python file with `get_config(arg: str | None) -> ConfigDict` (big_vision
+style). `load_config("configs/x.py:arg", ["--config.train.global_batch=32"])` loads it, applies
+overrides and validates every value, so that a typo fails in a second instead of after a
+compilation.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+ConfigDict = ml_collections.ConfigDict
+
+
+class ConfigError(ValueError):
+  """A bad config key or value; the message names the key and what is allowed."""
+
+
+# Keys whose values come from a fixed set. Models and optimizers validate their own sections.
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "loss.kind": ("wgan", "nonsaturating", "hinge", "lsgan"),
+}
+# Keys that must be positive integers / non-negative numbers.
+POSITIVE_INTS = (
+    "data.n_bars", "data.steps_per_beat", "data.num_pitches", "train.global_batch",
+    "train.num_steps", "train.log_every", "train.ckpt_every", "train.keep_ckpts",
+    "loss.n_critic",
+)
+NON_NEGATIVE = (
+    "loss.gp_weight", "loss.r1_gamma", "data.transpose", "train.sample_every",
+    "train.eval_every", "loss.critic_warmup_steps", "train.profile_steps",
+)
+
+
+def base_config() -> ConfigDict:
+  """Every key the engine understands, with defaults; config files start from this."""
+  c = ConfigDict()
+
+  c.data = ConfigDict()
+  c.data.name = "jsb_chorales"       # a TFDS builder of jaxgan.data, or "synthetic"
+  c.data.data_dir = ""               # "" = $JAXGAN_DATA_DIR or ~/tensorflow_datasets
+  c.data.split = "train"
+  c.data.eval_split = "validation"
+  c.data.n_bars = 4                  # window length in bars
+  c.data.hop_bars = 1                # window start stride when enumerating windows
+  c.data.steps_per_beat = 4          # must divide the stored resolution
+  c.data.meter = (4, 4)              # songs in other meters are left out of the windows
+  c.data.lowest_pitch = 24
+  c.data.num_pitches = 84
+  c.data.num_tracks = 4              # must match the data set (checked when it is opened)
+  c.data.transpose = 0               # max random transposition in semitones (0 = off)
+  c.data.min_notes = 1               # windows with fewer notes are left out
+  c.data.prefetch = 2
+  c.data.synthetic_patterns = 4      # "synthetic" only: number of distinct chord patterns
+
+  c.model = ConfigDict()             # filled from jaxgan.models presets by config files
+
+  c.loss = ConfigDict()
+  c.loss.kind = "wgan"
+  c.loss.gp_weight = 10.0
+  c.loss.r1_gamma = 0.0
+  c.loss.n_critic = 1                # D updates per G update
+  c.loss.critic_warmup_steps = 0     # MuseGAN: more D updates for the first steps...
+  c.loss.critic_warmup_n = 100       # ...this many...
+  c.loss.critic_every_n = 0          # ...and every this many steps too (0 = never)
+
+  c.g_optim = optim_config(1e-3)
+  c.d_optim = optim_config(1e-3)
+
+  c.train = ConfigDict()
+  c.train.seed = 0
+  c.train.global_batch = 16          # examples per D update, over all devices and hosts
+  c.train.num_steps = 1000           # G updates
+  c.train.ema_decay = 0.999
+  c.train.mesh_data = -1             # -1 = all devices not used by fsdp
+  c.train.mesh_fsdp = 1
+  c.train.fsdp_min_size = 2**18      # params with fewer elements stay replicated
+  c.train.log_every = 50
+  c.train.ckpt_every = 500
+  c.train.keep_ckpts = 3
+  c.train.sample_every = 500         # piano-roll images of EMA samples (0 = off)
+  c.train.eval_every = 0             # musical metrics of EMA samples (0 = off)
+  c.train.eval_num = 256
+  c.train.init_from = ""             # checkpoint dir (or workdir) to warm-start G and D from
+  c.train.profile_steps = 0          # trace this many steps after warm-up (0 = off)
+  c.train.compilation_cache = True   # persistent XLA cache in the workdir
+  return c
+
+
+def optim_config(learning_rate: float) -> ConfigDict:
+  o = ConfigDict()
+  o.name = "adam"
+  o.learning_rate = learning_rate
+  o.b1 = 0.5
+  o.b2 = 0.9
+  o.eps = 1e-8
+  o.weight_decay = 0.0
+  o.momentum = 0.9
+  o.nesterov = True
+  o.schedule = "constant"
+  o.warmup_steps = 0
+  o.decay_steps = 0
+  o.end_lr_factor = 0.0
+  o.clip_norm = 0.0
+  return o
+
+
+def _import_config_file(path: str):
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path!r} does not exist")
+  spec = importlib.util.spec_from_file_location(f"jaxgan_config_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"config file {path!r} has no get_config()")
+  return module
+
+
+def _parse_value(text: str, current: Any, key: str) -> Any:
+  """Parses an override string into the type of the value it replaces."""
+  if isinstance(current, bool):
+    low = text.lower()
+    if low in ("true", "1", "yes"):
+      return True
+    if low in ("false", "0", "no"):
+      return False
+    raise ConfigError(f"--config.{key}={text!r}: expected a boolean (true/false)")
+  if isinstance(current, str):
+    return text
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    if current is None:
+      return text
+    raise ConfigError(
+        f"--config.{key}={text!r}: expected a {type(current).__name__}") from None
+  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  if current is not None and not isinstance(value, type(current)):
+    if isinstance(current, (tuple, list)) and isinstance(value, (tuple, list)):
+      return type(current)(value)
+    raise ConfigError(
+        f"--config.{key}={text!r}: expected a {type(current).__name__}, got "
+        f"{type(value).__name__}")
+  return value
+
+
+def _all_keys(c: ConfigDict, prefix: str = "") -> list[str]:
+  keys = []
+  for k, v in c.items():
+    if isinstance(v, ConfigDict):
+      keys += _all_keys(v, f"{prefix}{k}.")
+    else:
+      keys.append(f"{prefix}{k}")
+  return keys
+
+
+def apply_override(config: ConfigDict, key: str, text: str) -> None:
+  """Sets `config.<key>` from its string form; an unknown key is an error with suggestions."""
+  parts = key.split(".")
+  node = config
+  for i, part in enumerate(parts):
+    if not isinstance(node, ConfigDict) or part not in node:
+      close = difflib.get_close_matches(key, _all_keys(config), n=3)
+      hint = f"; did you mean {', '.join(close)}?" if close else ""
+      raise ConfigError(f"unknown config key {key!r}{hint}")
+    if i < len(parts) - 1:
+      node = node[part]
+  current = node[parts[-1]]
+  if isinstance(current, ConfigDict):
+    raise ConfigError(f"config key {key!r} is a section, not a value")
+  with node.unlocked():
+    node[parts[-1]] = _parse_value(text, current, key)
+
+
+def parse_overrides(args: Sequence[str]) -> list[tuple[str, str]]:
+  """['--config.a.b=1', '--config.c', '2'] -> [('a.b', '1'), ('c', '2')]."""
+  pairs, i = [], 0
+  args = list(args)
+  while i < len(args):
+    arg = args[i]
+    if not arg.startswith("--config."):
+      raise ConfigError(f"unexpected argument {arg!r}; overrides look like --config.key=value")
+    body = arg[len("--config."):]
+    if "=" in body:
+      key, value = body.split("=", 1)
+    elif i + 1 < len(args):
+      key, value = body, args[i + 1]
+      i += 1
+    else:
+      raise ConfigError(f"{arg!r} has no value")
+    pairs.append((key, value))
+    i += 1
+  return pairs
+
+
+def load_config(spec: str, overrides: Sequence[str] | Sequence[tuple[str, str]] = ()) -> ConfigDict:
+  """Loads `path[:arg]`, applies overrides (strings or (key, value) pairs) and validates."""
+  path, _, arg = spec.partition(":")
+  module = _import_config_file(path)
+  config = module.get_config(arg or None)
+  pairs = (parse_overrides(overrides) if overrides and isinstance(overrides[0], str)
+           else list(overrides))
+  for key, value in pairs:
+    apply_override(config, key, value)
+  validate(config)
+  return config
+
+
+def _get(config: ConfigDict, key: str) -> Any:
+  node = config
+  for part in key.split("."):
+    node = node[part]
+  return node
+
+
+def validate(config: ConfigDict) -> None:
+  """Checks every value that can be checked without data or devices; raises ConfigError."""
+  known = set(_all_keys(base_config()))
+  for key in _all_keys(config):
+    section = key.split(".")[0]
+    if section != "model" and key not in known:
+      close = difflib.get_close_matches(key, sorted(known), n=3)
+      hint = f"; did you mean {', '.join(close)}?" if close else ""
+      raise ConfigError(f"unknown config key {key!r}{hint}")
+  for key, allowed in CHOICES.items():
+    if _get(config, key) not in allowed:
+      raise ConfigError(f"{key}={_get(config, key)!r} is not one of {allowed}")
+  for key in POSITIVE_INTS:
+    v = _get(config, key)
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+      raise ConfigError(f"{key}={v!r} must be a positive integer")
+  for key in NON_NEGATIVE:
+    v = _get(config, key)
+    if not isinstance(v, (int, float)) or v < 0:
+      raise ConfigError(f"{key}={v!r} must be >= 0")
+  if not 0.0 <= config.train.ema_decay < 1.0:
+    raise ConfigError(f"train.ema_decay={config.train.ema_decay!r} must be in [0, 1)")
+  meter = tuple(config.data.meter)
+  if len(meter) != 2 or meter[1] not in (1, 2, 4, 8, 16, 32) or meter[0] <= 0:
+    raise ConfigError(f"data.meter={meter!r} must be (numerator, denominator), e.g. (4, 4)")
+  if (meter[0] * 4 * config.data.steps_per_beat) % meter[1]:
+    raise ConfigError(
+        f"data.steps_per_beat={config.data.steps_per_beat} gives no whole number of steps per "
+        f"bar in {meter[0]}/{meter[1]}")
+  if config.train.mesh_fsdp < 1 or (config.train.mesh_data < 1 and config.train.mesh_data != -1):
+    raise ConfigError("train.mesh_data must be -1 or >= 1 and train.mesh_fsdp >= 1")
+  if config.data.lowest_pitch < 0 or config.data.lowest_pitch + config.data.num_pitches > 128:
+    raise ConfigError(
+        f"data.lowest_pitch={config.data.lowest_pitch}, data.num_pitches="
+        f"{config.data.num_pitches}: the range must lie within MIDI pitches 0..127")
+  # Sections owned by other modules validate themselves.
+  from jaxgan import models, optim  # pylint: disable=import-outside-toplevel
+  for name in ("g_optim", "d_optim"):
+    try:
+      optim.make_optimizer(config[name])
+    except ValueError as e:
+      raise ConfigError(f"{name}: {e}") from None
+  try:
+    models.build(config.model, data_shape(config))
+  except ValueError as e:
+    raise ConfigError(f"model: {e}") from None
+
+
+def steps_per_bar(config: ConfigDict) -> int:
+  num, den = config.data.meter
+  return num * 4 * config.data.steps_per_beat // den
+
+
+def data_shape(config: ConfigDict) -> tuple[int, int, int, int]:
+  """(bars, steps per bar, pitches, tracks) of one training example."""
+  d = config.data
+  return (d.n_bars, steps_per_bar(config), d.num_pitches, d.num_tracks)
