@@ -1,0 +1,59 @@
+"""Every sharding decision of jaxgan, in one place.
+
+The mesh has two axes: "data" (pure data parallelism) and "fsdp" (data parallelism that also
+splits large weights and their optimizer state). A batch is split over both axes; a weight is
+replicated unless FSDP is on and it is large, in which case its largest dimension divisible by
+the fsdp axis is split over it. The same shape-based rule covers parameters, EMA and Adam moments.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+BATCH_AXES = ("data", "fsdp")
+
+
+def make_mesh(mesh_data: int = -1, mesh_fsdp: int = 1, devices=None) -> Mesh:
+  """A (data, fsdp) mesh over all devices; mesh_data=-1 takes what fsdp leaves."""
+  devices = list(jax.devices() if devices is None else devices)
+  n = len(devices)
+  if n % mesh_fsdp:
+    raise ValueError(f"train.mesh_fsdp={mesh_fsdp} does not divide the {n} devices")
+  data = n // mesh_fsdp if mesh_data == -1 else mesh_data
+  if data * mesh_fsdp != n:
+    raise ValueError(
+        f"train.mesh_data={mesh_data} x train.mesh_fsdp={mesh_fsdp} != {n} devices")
+  # Auto axes keep GSPMD propagation on jax >= 0.11, where make_mesh defaults to explicit axes.
+  auto = (jax.sharding.AxisType.Auto,) * 2
+  return jax.make_mesh((data, mesh_fsdp), BATCH_AXES, axis_types=auto, devices=devices)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch(mesh: Mesh, leading: int = 0) -> NamedSharding:
+  """Sharding of an array whose axis `leading` is the batch."""
+  return NamedSharding(mesh, P(*([None] * leading), BATCH_AXES))
+
+
+def weight_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int) -> P:
+  """The FSDP rule: split the largest dimension that the fsdp axis divides, if big enough."""
+  if fsdp_size <= 1 or not shape or int(np.prod(shape)) < min_size:
+    return P()
+  for dim in sorted(range(len(shape)), key=lambda i: -shape[i]):
+    if shape[dim] % fsdp_size == 0:
+      spec = [None] * len(shape)
+      spec[dim] = "fsdp"
+      return P(*spec)
+  return P()
+
+
+def state_shardings(abstract_state, mesh: Mesh, *, fsdp_min_size: int):
+  """Shardings for a train-state pytree of ShapeDtypeStructs."""
+  fsdp = mesh.shape["fsdp"]
+  return jax.tree.map(
+      lambda x: NamedSharding(mesh, weight_spec(tuple(x.shape), fsdp, fsdp_min_size)),
+      abstract_state)

@@ -1,0 +1,338 @@
+"""Training: state, the jitted GAN step, and the loop behind `jaxgan train`.
+
+Read top to bottom: models and optimizers -> state and its shardings -> the pure `train_step`
+(all n_critic discriminator updates and the generator update in one compiled function) ->
+the loop (data, logging, samples, evaluation, checkpoints, preemption).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from jaxgan import checkpoint as ckpt_lib
+from jaxgan import config as config_lib
+from jaxgan import losses, models, optim
+from jaxgan import sharding as shard_lib
+
+log = logging.getLogger("jaxgan")
+State = dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------
+# Models, optimizers and the train state.
+
+
+class Engine:
+  """Everything compiled for one config on one mesh: models, optimizers, init and step."""
+
+  def __init__(self, config, mesh: Mesh):
+    self.config = config
+    self.mesh = mesh
+    self.data_shape = config_lib.data_shape(config)
+    self.generator, self.discriminator = models.build(config.model, self.data_shape)
+    self.latent_size = int(self.generator.latent_size)
+    self.g_tx = optim.make_optimizer(config.g_optim)
+    self.d_tx = optim.make_optimizer(config.d_optim)
+    self.g_lr = optim.learning_rate_fn(config.g_optim)
+    self.d_lr = optim.learning_rate_fn(config.d_optim)
+    self.abstract_state = jax.eval_shape(self._init, jax.random.PRNGKey(0))
+    self.state_sharding = shard_lib.state_shardings(
+        self.abstract_state, mesh, fsdp_min_size=config.train.fsdp_min_size)
+    self.init = jax.jit(self._init, out_shardings=self.state_sharding)
+    batch_sharding = shard_lib.batch(mesh, leading=1)
+    self.step = jax.jit(
+        self._train_step,
+        in_shardings=(self.state_sharding, batch_sharding),
+        out_shardings=(self.state_sharding, shard_lib.replicated(mesh)),
+        donate_argnums=0)
+
+  # The state is one plain pytree, so orbax and the sharding rule see every leaf.
+  def _init(self, rng: jax.Array) -> State:
+    g_key, d_key, rng = jax.random.split(rng, 3)
+    z = jnp.zeros([1, self.latent_size], jnp.float32)
+    g_vars = self.generator.init({"params": g_key, "binary": g_key}, z, train=False)
+    d_vars = self.discriminator.init(d_key, jnp.zeros((1,) + self.data_shape, jnp.float32))
+    g_params, d_params = g_vars["params"], d_vars["params"]
+    return {
+        "step": jnp.zeros([], jnp.int32),
+        "g": g_params,
+        "g_stats": g_vars.get("batch_stats", {}),
+        "g_ema": jax.tree.map(jnp.copy, g_params),
+        "d": d_params,
+        "g_opt": self.g_tx.init(g_params),
+        "d_opt": self.d_tx.init(d_params),
+        "rng": rng,
+    }
+
+  def abstract_with_shardings(self):
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        self.abstract_state, self.state_sharding)
+
+  # ------------------------------------------------------------------------------------------
+  # The step.
+
+  def latents(self, key: jax.Array, num: int) -> jax.Array:
+    z = jax.random.normal(key, [num, self.latent_size], jnp.float32)
+    return jax.lax.with_sharding_constraint(z, shard_lib.batch(self.mesh))
+
+  def generate(self, g_params, g_stats, z, key, *, train: bool, slope):
+    """Generator output in [-1, 1]; with train=True also the updated batch statistics."""
+    variables = {"params": g_params, "batch_stats": g_stats}
+    if train:
+      out, updates = self.generator.apply(variables, z, train=True, slope=slope,
+                                          rngs={"binary": key}, mutable=["batch_stats"])
+      return out, updates.get("batch_stats", g_stats)
+    return self.generator.apply(variables, z, train=False, slope=slope,
+                                rngs={"binary": key}), g_stats
+
+  def critic_count(self, step: jax.Array) -> jax.Array:
+    """D updates this step: n_critic, or MuseGAN's larger count early on and periodically."""
+    lc = self.config.loss
+    n = jnp.asarray(lc.n_critic, jnp.int32)
+    if lc.critic_warmup_steps or lc.critic_every_n:
+      early = step < lc.critic_warmup_steps
+      periodic = (step % max(lc.critic_every_n, 1) == 0) & (lc.critic_every_n > 0)
+      n = jnp.where(early | periodic, max(lc.critic_warmup_n, lc.n_critic), n)
+    return n
+
+  def _train_step(self, state: State, batch: dict[str, jax.Array]) -> tuple[State, dict]:
+    lc = self.config.loss
+    d_fn = lambda params, x: self.discriminator.apply({"params": params}, x)
+    real_all = jnp.where(batch["pianoroll"] > 0, 1.0, -1.0).astype(jnp.float32)
+    n_batches, batch_size = real_all.shape[:2]
+    rng, d_rng, g_rng = jax.random.split(state["rng"], 3)
+    slope = models.slope_at(self.config.model, state["step"])
+
+    def d_loss_fn(d_params, real, fake, key):
+      real_logits, fake_logits = d_fn(d_params, real), d_fn(d_params, fake)
+      loss = losses.d_loss(lc.kind, real_logits, fake_logits)
+      gp = r1 = jnp.zeros([], jnp.float32)
+      if lc.gp_weight > 0:
+        gp = losses.gradient_penalty(lambda x: d_fn(d_params, x), real, fake, key)
+        loss = loss + lc.gp_weight * gp
+      if lc.r1_gamma > 0:
+        r1 = losses.r1_penalty(lambda x: d_fn(d_params, x), real)
+        loss = loss + lc.r1_gamma * r1
+      return loss, dict(d_loss=loss, gp=gp, r1=r1, d_real=real_logits.mean(),
+                        d_fake=fake_logits.mean())
+
+    def d_update(i, carry):
+      d_params, d_opt, _ = carry
+      key_z, key_gp, key_bin = jax.random.split(jax.random.fold_in(d_rng, i), 3)
+      real = real_all[i % n_batches]
+      fake, _ = self.generate(state["g"], state["g_stats"], self.latents(key_z, batch_size),
+                              key_bin, train=True, slope=slope)
+      grads, metrics = jax.grad(d_loss_fn, has_aux=True)(
+          d_params, real, jax.lax.stop_gradient(fake), key_gp)
+      updates, d_opt = self.d_tx.update(grads, d_opt, d_params)
+      metrics["d_grad_norm"] = optax.global_norm(grads)
+      return optax.apply_updates(d_params, updates), d_opt, metrics
+
+    zero = jnp.zeros([], jnp.float32)
+    empty = dict(d_loss=zero, gp=zero, r1=zero, d_real=zero, d_fake=zero, d_grad_norm=zero)
+    n_critic = self.critic_count(state["step"])
+    d_params, d_opt, d_metrics = jax.lax.fori_loop(
+        0, n_critic, d_update, (state["d"], state["d_opt"], empty))
+
+    key_z, key_bin = jax.random.split(g_rng)
+    z = self.latents(key_z, batch_size)
+
+    def g_loss_fn(g_params):
+      fake, stats = self.generate(g_params, state["g_stats"], z, key_bin, train=True,
+                                  slope=slope)
+      return losses.g_loss(lc.kind, d_fn(d_params, fake)), stats
+
+    (g_loss, g_stats), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state["g"])
+    updates, g_opt = self.g_tx.update(g_grads, state["g_opt"], state["g"])
+    g_params = optax.apply_updates(state["g"], updates)
+    new_state = dict(
+        step=state["step"] + 1, g=g_params, g_stats=g_stats,
+        g_ema=optim.ema_update(state["g_ema"], g_params, self.config.train.ema_decay),
+        d=d_params, g_opt=g_opt, d_opt=d_opt, rng=rng)
+    metrics = dict(d_metrics, g_loss=g_loss, g_grad_norm=optax.global_norm(g_grads),
+                   n_critic=n_critic, slope=jnp.asarray(slope, jnp.float32),
+                   lr_g=self.g_lr(state["step"]), lr_d=self.d_lr(state["step"] * lc.n_critic))
+    return new_state, metrics
+
+  # ------------------------------------------------------------------------------------------
+  # Sampling from the EMA generator (used for images and evaluation during training).
+
+  @functools.cached_property
+  def sample_ema(self) -> Callable[[State, jax.Array, int], jax.Array]:
+    """(state, key, num) -> bool piano-rolls [num, bars, steps, pitches, tracks]."""
+
+    @functools.partial(jax.jit, static_argnums=2)
+    def sample(state, key, num):
+      kz, kb = jax.random.split(key)
+      z = jax.random.normal(kz, [num, self.latent_size], jnp.float32)
+      out, _ = self.generate(state["g_ema"], state["g_stats"], z, kb, train=False,
+                             slope=models.slope_at(self.config.model, state["step"]))
+      return out > 0
+
+    return sample
+
+
+# --------------------------------------------------------------------------------------------
+# The loop.
+
+
+class _StopSignal:
+  """Turns SIGTERM/SIGINT into a flag checked between steps, so a final checkpoint gets saved."""
+
+  def __init__(self):
+    self.received: int | None = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: leave signals alone
+        pass
+    return self
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    self.received = signum
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _enable_compilation_cache(workdir: str) -> None:
+  cache = os.path.join(workdir, "xla_cache")
+  jax.config.update("jax_compilation_cache_dir", cache)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def save_config(config, workdir: str) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+
+def load_run_config(workdir: str):
+  """The config a workdir was trained with (saved as config.json when training starts)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir}: no config.json (is it a jaxgan train workdir?)")
+  with open(path) as f:
+    config = config_lib.ConfigDict(json.load(f))
+  config.data.meter = tuple(config.data.meter)
+  return config
+
+
+def warm_start(engine: Engine, state: State, source: str) -> State:
+  """G and D weights (and G's EMA and batch stats) from another run; optimizers start fresh."""
+  other, step = ckpt_lib.restore_unstructured(source)
+  new = dict(state)
+  for key in ("g", "g_stats", "g_ema", "d"):
+    want = jax.tree.structure(state[key])
+    if jax.tree.structure(other[key]) != want:
+      raise ValueError(f"train.init_from={source!r}: its {key!r} weights do not fit this model")
+    new[key] = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s),
+                            other[key], engine.state_sharding[key])
+  log.info("warm start from %s (step %d)", source, step)
+  return new
+
+
+def train_and_evaluate(config, workdir: str, *, data_mode: str = "shard",
+                       progress: bool = True, evaluate_fn: Callable | None = None) -> State:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one."""
+  from jaxgan.data import pipeline  # pylint: disable=import-outside-toplevel
+  from jaxgan import summary  # pylint: disable=import-outside-toplevel
+
+  tc = config.train
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  if tc.compilation_cache:
+    _enable_compilation_cache(workdir)
+  mesh = shard_lib.make_mesh(tc.mesh_data, tc.mesh_fsdp)
+  pipeline.check_batch(config, mesh, jax.process_count())
+  engine = Engine(config, mesh)
+  save_config(config, workdir)
+  is_lead = jax.process_index() == 0
+
+  # --- state: resume, warm start or fresh -------------------------------------------------
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                       every=tc.ckpt_every, keep=tc.keep_ckpts)
+  state, start = checkpointer.restore_latest(engine.abstract_with_shardings())
+  if state is None:
+    start = 0
+    state = engine.init(jax.jit(lambda: jax.random.PRNGKey(tc.seed),
+                                out_shardings=shard_lib.replicated(mesh))())
+    if tc.init_from:
+      state = warm_start(engine, state, tc.init_from)
+  else:
+    log.info("resumed from %s at step %d", checkpointer.directory, start)
+  if start >= tc.num_steps:
+    checkpointer.close()
+    return state
+
+  # --- data: positioned at the resumed step ----------------------------------------------
+  batches = pipeline.train_iterator(config, mesh, start_step=start, data_mode=data_mode)
+
+  # --- compile once, up front (so compile time is visible and separate) ------------------
+  first = next(batches)
+  t0 = time.perf_counter()
+  step_fn = engine.step.lower(state, first).compile()
+  compile_s = time.perf_counter() - t0
+  log.info("compiled the train step in %.1f s", compile_s)
+
+  writer = summary.Writer(workdir, enabled=is_lead)
+  examples_per_step = tc.global_batch * config.loss.n_critic
+  bar = summary.progress(start, tc.num_steps, enabled=progress and is_lead)
+  pending = None          # metrics of the last logged step, fetched one interval late
+  last_time, last_step = time.perf_counter(), start
+  step = saved = start
+  batch = first
+  with _StopSignal() as stop:
+    while step < tc.num_steps:
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, metrics = step_fn(state, batch)
+      step += 1
+      if step % tc.log_every == 0 or step == tc.num_steps:
+        # Write the previous interval's metrics: they are long computed, so dispatch never waits.
+        shown = writer.scalars(*pending) if pending is not None else {}
+        now = time.perf_counter()
+        rate = (step - last_step) / max(now - last_time, 1e-9)
+        last_time, last_step = now, step
+        pending = (step, dict(metrics, steps_per_s=rate, examples_per_s=rate * examples_per_step))
+        bar.update_to(step, shown)
+      else:
+        bar.update_to(step)
+      if tc.sample_every and step % tc.sample_every == 0:
+        rolls = engine.sample_ema(state, jax.random.PRNGKey(step), 8)
+        writer.pianorolls(step, np.asarray(jax.device_get(rolls)))
+      if evaluate_fn is not None and tc.eval_every and step % tc.eval_every == 0:
+        writer.scalars(step, evaluate_fn(engine, state))
+      if checkpointer.save(step, state):
+        saved = step
+      preempted = (stop.received is not None if jax.process_count() == 1
+                   else checkpointer.reached_preemption(step))
+      if preempted:
+        log.warning("stopping at step %d on request; saving a checkpoint", step)
+        break
+      if step < tc.num_steps:
+        batch = next(batches)
+  if pending is not None:
+    writer.scalars(*pending)
+  if saved != step:
+    checkpointer.save(step, state, force=True)
+  checkpointer.close()
+  writer.close()
+  bar.close()
+  return state
