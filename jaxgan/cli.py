@@ -1,0 +1,123 @@
+"""The `jaxgan` command line: a thin layer over functions a Python user can call directly."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _add_distributed_flags(p: argparse.ArgumentParser) -> None:
+  g = p.add_argument_group("multi-host (or set JAXGAN_COORDINATOR/NUM_PROCESSES/PROCESS_ID)")
+  g.add_argument("--coordinator", help="host:port of process 0, e.g. 10.0.0.2:1234")
+  g.add_argument("--num-processes", type=int)
+  g.add_argument("--process-id", type=int)
+  g.add_argument("--distributed", action="store_true",
+                 help="auto-detect a Cloud TPU pod or SLURM job and join it")
+
+
+def _init_distributed(args) -> None:
+  from jaxgan import distributed  # pylint: disable=import-outside-toplevel
+  distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                         auto=args.distributed)
+
+
+def cmd_prepare(args, extra) -> int:
+  from jaxgan.data import prepare  # pylint: disable=import-outside-toplevel
+  if extra:
+    raise SystemExit(f"jaxgan prepare: unexpected arguments {extra}")
+  summary = prepare.prepare(args.name, data_dir=args.data_dir, manual_dir=args.manual_dir,
+                            max_songs=args.max_songs, progress=not args.quiet)
+  print(prepare.format_summary(summary))
+  return 0
+
+
+def cmd_train(args, extra) -> int:
+  from jaxgan import config as config_lib  # pylint: disable=import-outside-toplevel
+  _init_distributed(args)
+  try:
+    config = config_lib.load_config(args.config, extra)
+  except config_lib.ConfigError as e:
+    print(f"jaxgan train: {e}", file=sys.stderr)
+    return 2
+  from jaxgan import train  # pylint: disable=import-outside-toplevel
+  try:
+    train.train_and_evaluate(config, args.workdir, data_mode=args.data_mode,
+                             progress=not args.quiet)
+  except config_lib.ConfigError as e:
+    print(f"jaxgan train: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+def cmd_profile(args, extra) -> int:
+  from jaxgan import config as config_lib  # pylint: disable=import-outside-toplevel
+  _init_distributed(args)
+  try:
+    config = config_lib.load_config(args.config, extra)
+  except config_lib.ConfigError as e:
+    print(f"jaxgan profile: {e}", file=sys.stderr)
+    return 2
+  from jaxgan import profile  # pylint: disable=import-outside-toplevel
+  result = profile.profile(config, args.workdir, steps=args.steps, warmup=args.warmup,
+                           trace_steps=args.trace_steps, data_mode=args.data_mode)
+  if args.json:
+    import json  # pylint: disable=import-outside-toplevel
+    print(json.dumps(result, indent=2))
+  else:
+    print(profile.format_table(result))
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="jaxgan", description="Train GANs that compose symbolic music, and use them.")
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  p = sub.add_parser("prepare", help="build a data set (TFDS) from MIDI files or the corpus")
+  p.add_argument("name", help="jsb_chorales | music21_styles | midi_folder")
+  p.add_argument("--manual-dir", help="folder of .mid/.midi files (midi_folder)")
+  p.add_argument("--data-dir", help="where data sets live (default $JAXGAN_DATA_DIR or "
+                                    "~/tensorflow_datasets)")
+  p.add_argument("--max-songs", type=int, help="cap the number of songs (quick trials)")
+  p.add_argument("--quiet", action="store_true")
+  p.set_defaults(func=cmd_prepare)
+
+  p = sub.add_parser("train", help="train (or resume) a GAN from a config file",
+                     epilog="Any config value can be overridden: --config.train.num_steps=200")
+  p.add_argument("--config", required=True, help="configs/NAME.py[:ARG]")
+  p.add_argument("--workdir", required=True, help="checkpoints, TensorBoard logs, config.json")
+  p.add_argument("--data-mode", default="shard", choices=("shard", "replicate"),
+                 help="shard: each host reads 1/P of the data; replicate: every host reads "
+                      "all and batches do not depend on the host count")
+  p.add_argument("--quiet", action="store_true")
+  _add_distributed_flags(p)
+  p.set_defaults(func=cmd_train)
+
+  p = sub.add_parser("profile", help="time train steps: compile, p50/p90, FLOPs, MFU, trace")
+  p.add_argument("--config", required=True, help="configs/NAME.py[:ARG]")
+  p.add_argument("--workdir", default="runs/profile", help="where the trace and JSON go")
+  p.add_argument("--steps", type=int, default=50, help="timed steps after warm-up")
+  p.add_argument("--warmup", type=int, default=5)
+  p.add_argument("--trace-steps", type=int, default=5, help="steps in the profiler trace")
+  p.add_argument("--data-mode", default="shard", choices=("shard", "replicate"))
+  p.add_argument("--json", action="store_true", help="machine-readable output")
+  _add_distributed_flags(p)
+  p.set_defaults(func=cmd_profile)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  for noisy in ("absl", "jax._src.xla_bridge", "orbax", "tensorflow"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  parser = build_parser()
+  args, extra = parser.parse_known_args(argv)
+  return args.func(args, extra)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

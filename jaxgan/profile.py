@@ -1,0 +1,166 @@
+"""`jaxgan profile`: where a train step's time goes, and how close it is to the hardware.
+
+Reports compile time, step time percentiles, examples/s, model FLOPs per step (from XLA's cost
+analysis of the compiled step), achieved FLOP/s and MFU against the device's peak (a matmul
+probe on the device itself, or a table of known accelerator peaks), the share of wall time spent
+waiting for input, peak device memory where the backend reports it; and leaves a
+`jax.profiler` trace of a window of steps in the workdir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgan import sharding as shard_lib
+
+# Dense bf16 peaks, FLOP/s per chip, from vendor datasheets (no sparsity).
+KNOWN_PEAKS = {
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+    "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12,
+    "NVIDIA L4": 121e12, "NVIDIA A10G": 125e12,
+}
+
+
+def matmul_peak(device=None, *, size: int = 2048, dtype=jnp.float32, repeats: int = 10) -> float:
+  """Measured FLOP/s of a large float32 matmul on `device`: the practical peak for MFU."""
+  device = device or jax.devices()[0]
+  a = jax.device_put(jnp.ones([size, size], dtype), device)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a).block_until_ready()
+    times.append(time.perf_counter() - t)
+  return 2 * size**3 / float(np.median(times))
+
+
+def device_peak(device=None) -> tuple[float, str]:
+  device = device or jax.devices()[0]
+  kind = getattr(device, "device_kind", "")
+  for name, peak in KNOWN_PEAKS.items():
+    if kind.startswith(name):
+      return peak, f"datasheet bf16 peak of {kind}"
+  return matmul_peak(device), f"measured float32 matmul on {device.platform} ({kind or 'cpu'})"
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("flops", 0.0))
+
+
+def _peak_memory() -> int | None:
+  try:
+    stats = jax.local_devices()[0].memory_stats()
+  except Exception:  # backends without memory stats
+    return None
+  return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
+def profile(config, workdir: str, *, steps: int = 50, warmup: int = 5, trace_steps: int = 5,
+            data_mode: str = "shard") -> dict[str, Any]:
+  """Times `steps` train steps of `config` after `warmup`; returns the figures as a dict."""
+  from jaxgan import train  # pylint: disable=import-outside-toplevel
+  from jaxgan.data import pipeline  # pylint: disable=import-outside-toplevel
+
+  os.makedirs(workdir, exist_ok=True)
+  tc = config.train
+  mesh = shard_lib.make_mesh(tc.mesh_data, tc.mesh_fsdp)
+  pipeline.check_batch(config, mesh, jax.process_count())
+  engine = train.Engine(config, mesh)
+  state = engine.init(jax.jit(lambda: jax.random.PRNGKey(tc.seed),
+                              out_shardings=shard_lib.replicated(mesh))())
+  batches = pipeline.train_iterator(config, mesh, data_mode=data_mode)
+  batch = next(batches)
+  t = time.perf_counter()
+  compiled = engine.step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t
+  flops = _flops(compiled)
+
+  for _ in range(warmup):
+    state, metrics = compiled(state, next(batches))
+  jax.block_until_ready(state)
+
+  step_times, wait_times = [], []
+  trace_dir = os.path.join(workdir, "profile")
+  trace_from = max(0, steps - trace_steps) if trace_steps else steps
+  wall = time.perf_counter()
+  for i in range(steps):
+    if i == trace_from and trace_steps:
+      jax.profiler.start_trace(trace_dir)
+    t0 = time.perf_counter()
+    batch = next(batches)
+    t1 = time.perf_counter()
+    with jax.profiler.StepTraceAnnotation("train", step_num=i):
+      state, metrics = compiled(state, batch)
+      jax.block_until_ready(metrics)
+    t2 = time.perf_counter()
+    wait_times.append(t1 - t0)
+    step_times.append(t2 - t1)
+  wall = time.perf_counter() - wall
+  if trace_steps:
+    jax.profiler.stop_trace()
+
+  peak, peak_source = device_peak()
+  devices = jax.device_count()
+  examples = tc.global_batch * config.loss.n_critic
+  p50 = float(np.percentile(step_times, 50))
+  # cost_analysis describes the step as compiled for one device's shard under SPMD.
+  flops_per_step = flops * (devices if mesh.size > 1 else 1)
+  result = {
+      "config": config.get("name", ""),
+      "device": f"{devices} x {jax.devices()[0].device_kind}",
+      "jax": jax.__version__,
+      "global_batch": tc.global_batch,
+      "n_critic": config.loss.n_critic,
+      "compile_s": compile_s,
+      "step_ms_p50": 1e3 * p50,
+      "step_ms_p90": 1e3 * float(np.percentile(step_times, 90)),
+      "step_ms_max": 1e3 * float(np.max(step_times)),
+      "steps_per_s": 1.0 / p50,
+      "examples_per_s": examples / p50,
+      "gflop_per_step": flops_per_step / 1e9,
+      "achieved_gflop_s": flops_per_step / p50 / 1e9,
+      "peak_gflop_s": peak * devices / 1e9,
+      "peak_source": peak_source,
+      "mfu": flops_per_step / p50 / (peak * devices),
+      "input_wait_fraction": float(np.sum(wait_times) / wall),
+      "peak_memory_bytes": _peak_memory(),
+      "trace_dir": trace_dir if trace_steps else None,
+  }
+  with open(os.path.join(workdir, "profile.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  return result
+
+
+def format_table(r: dict[str, Any]) -> str:
+  mem = r["peak_memory_bytes"]
+  rows = [
+      ("device", r["device"]), ("jax", r["jax"]),
+      ("global batch x n_critic", f"{r['global_batch']} x {r['n_critic']}"),
+      ("compile time", f"{r['compile_s']:.1f} s"),
+      ("step time p50 / p90 / max", f"{r['step_ms_p50']:.1f} / {r['step_ms_p90']:.1f} / "
+                                    f"{r['step_ms_max']:.1f} ms"),
+      ("steps/s", f"{r['steps_per_s']:.2f}"), ("examples/s", f"{r['examples_per_s']:.0f}"),
+      ("model FLOPs per step", f"{r['gflop_per_step']:.3f} GFLOP"),
+      ("achieved", f"{r['achieved_gflop_s']:.1f} GFLOP/s"),
+      ("peak", f"{r['peak_gflop_s']:.1f} GFLOP/s ({r['peak_source']})"),
+      ("MFU", f"{100 * r['mfu']:.1f} %"),
+      ("input wait", f"{100 * r['input_wait_fraction']:.1f} % of wall time"),
+      ("peak device memory", f"{mem / 2**20:.1f} MiB" if mem else "not reported by backend"),
+      ("trace", r["trace_dir"] or "off"),
+  ]
+  width = max(len(k) for k, _ in rows)
+  lines = [f"| {'metric'.ljust(width)} | value |", f"|{'-' * (width + 2)}|-------|"]
+  lines += [f"| {k.ljust(width)} | {v} |" for k, v in rows]
+  return "\n".join(lines)
