@@ -32,7 +32,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 POSITIVE_INTS = (
     "data.n_bars", "data.steps_per_beat", "data.num_pitches", "train.global_batch",
     "train.num_steps", "train.log_every", "train.ckpt_every", "train.keep_ckpts",
-    "loss.n_critic",
+    "loss.n_critic", "train.slope_every",
 )
 NON_NEGATIVE = (
     "loss.gp_weight", "loss.r1_gamma", "data.transpose", "train.sample_every",
@@ -90,6 +90,8 @@ def base_config() -> ConfigDict:
   c.train.eval_every = 0             # musical metrics of EMA samples (0 = off)
   c.train.eval_num = 256
   c.train.init_from = ""             # checkpoint dir (or workdir) to warm-start G and D from
+  c.train.slope_rate = 1.0           # binary neurons: slope *= rate every slope_every steps
+  c.train.slope_every = 1000
   c.train.profile_steps = 0          # trace this many steps after warm-up (0 = off)
   c.train.compilation_cache = True   # persistent XLA cache in the workdir
   return c

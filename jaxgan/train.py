@@ -63,7 +63,7 @@ class Engine:
   def _init(self, rng: jax.Array) -> State:
     g_key, d_key, rng = jax.random.split(rng, 3)
     z = jnp.zeros([1, self.latent_size], jnp.float32)
-    g_vars = self.generator.init({"params": g_key, "binary": g_key}, z, train=False)
+    g_vars = self.generator.init(g_key, z, train=False, rng=g_key)
     d_vars = self.discriminator.init(d_key, jnp.zeros((1,) + self.data_shape, jnp.float32))
     g_params, d_params = g_vars["params"], d_vars["params"]
     return {
@@ -92,11 +92,15 @@ class Engine:
     """Generator output in [-1, 1]; with train=True also the updated batch statistics."""
     variables = {"params": g_params, "batch_stats": g_stats}
     if train:
-      out, updates = self.generator.apply(variables, z, train=True, slope=slope,
-                                          rngs={"binary": key}, mutable=["batch_stats"])
+      out, updates = self.generator.apply(variables, z, train=True, slope=slope, rng=key,
+                                          mutable=["batch_stats"])
       return out, updates.get("batch_stats", g_stats)
-    return self.generator.apply(variables, z, train=False, slope=slope,
-                                rngs={"binary": key}), g_stats
+    return self.generator.apply(variables, z, train=False, slope=slope, rng=key), g_stats
+
+  def slope(self, step: jax.Array) -> jax.Array:
+    """Binary-neuron slope annealing (BinaryMuseGAN): rate ** (step / every)."""
+    tc = self.config.train
+    return jnp.asarray(tc.slope_rate, jnp.float32) ** (step / tc.slope_every)
 
   def critic_count(self, step: jax.Array) -> jax.Array:
     """D updates this step: n_critic, or MuseGAN's larger count early on and periodically."""
@@ -114,7 +118,7 @@ class Engine:
     real_all = jnp.where(batch["pianoroll"] > 0, 1.0, -1.0).astype(jnp.float32)
     n_batches, batch_size = real_all.shape[:2]
     rng, d_rng, g_rng = jax.random.split(state["rng"], 3)
-    slope = models.slope_at(self.config.model, state["step"])
+    slope = self.slope(state["step"])
 
     def d_loss_fn(d_params, real, fake, key):
       real_logits, fake_logits = d_fn(d_params, real), d_fn(d_params, fake)
@@ -179,7 +183,7 @@ class Engine:
       kz, kb = jax.random.split(key)
       z = jax.random.normal(kz, [num, self.latent_size], jnp.float32)
       out, _ = self.generate(state["g_ema"], state["g_stats"], z, kb, train=False,
-                             slope=models.slope_at(self.config.model, state["step"]))
+                             slope=self.slope(state["step"]))
       return out > 0
 
     return sample

@@ -27,16 +27,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402  pylint: disable=g-import-not-at-top
 
 import jax  # noqa: E402
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
+from jax.sharding import Mesh  # noqa: E402
 
 from jaxgan import config as config_lib  # noqa: E402
+from jaxgan import sharding as shard_lib  # noqa: E402
 from jaxgan.midi.song import DURATION, ONSET, PITCH, TRACK  # noqa: E402
 
 # tf.data only feeds JAX here: keep TensorFlow off any accelerator and its threads modest.
 tf.config.set_visible_devices([], "GPU")
-
-BATCH_AXES = ("data", "fsdp")  # a batch is split over every device of the mesh
-
 
 @dataclasses.dataclass
 class SongTable:
@@ -332,13 +330,9 @@ def make_dataset(config, *, start_step: int = 0, process_index: int | None = Non
   return ds.prefetch(config.data.prefetch).with_options(options)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """[n_critic, batch, ...] arrays: the batch axis split over every device."""
-  return NamedSharding(mesh, P(None, BATCH_AXES))
-
-
 def to_global(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  sharding = batch_sharding(mesh)
+  """Process-local [n_critic, local_batch, ...] arrays -> global [n_critic, global_batch, ...]."""
+  sharding = shard_lib.batch(mesh, leading=1)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 

@@ -1,0 +1,37 @@
+"""Four-voice Bach chorales (the embedded data set): the default of `make demo`.
+
+Hybrid MuseGAN sized for 4 tracks (soprano, alto, tenor, bass) x 4 bars x 16 steps (16th notes)
+x 84 pitches; random transposition by up to 5 semitones; WGAN-GP with 2 D updates per G update.
+`get_config("demo")` bounds the run for a laptop CPU.
+"""
+
+from jaxgan import config as config_lib
+from jaxgan import models
+
+
+def get_config(arg=None):
+  c = config_lib.base_config()
+  c.data.name = "jsb_chorales"
+  c.data.n_bars = 4
+  c.data.steps_per_beat = 4
+  c.data.meter = (4, 4)
+  c.data.lowest_pitch = 24
+  c.data.num_pitches = 84
+  c.data.num_tracks = 4
+  c.data.transpose = 5
+  c.model = models.model_config("jsb")
+  c.loss.kind = "wgan"
+  c.loss.gp_weight = 10.0
+  c.loss.n_critic = 2
+  c.g_optim = config_lib.optim_config(5e-4)
+  c.d_optim = config_lib.optim_config(5e-4)
+  c.train.global_batch = 32
+  c.train.num_steps = 20_000
+  c.train.log_every = 50
+  c.train.ckpt_every = 500
+  c.train.sample_every = 500
+  if arg == "demo":
+    c.train.num_steps = 1200
+    c.train.ckpt_every = 200
+    c.train.sample_every = 200
+  return c
