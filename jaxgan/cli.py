@@ -72,6 +72,51 @@ def cmd_profile(args, extra) -> int:
   return 0
 
 
+def cmd_sample(args, extra) -> int:
+  if extra:
+    raise SystemExit(f"jaxgan sample: unexpected arguments {extra}")
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from jaxgan import evaluate, metrics, sample  # pylint: disable=import-outside-toplevel
+  gen = sample.Generator.from_workdir(args.workdir, use_ema=not args.no_ema)
+  sample.check_options(gen.config, num=args.num, bars=args.bars)
+  key = jax.random.PRNGKey(args.seed)
+  rolls = []
+  chunk = 256
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  for start in tqdm(range(0, args.num, chunk), disable=args.num <= chunk, unit="chunk"):
+    rolls.append(sample.sample(gen, jax.random.fold_in(key, start), min(chunk, args.num - start),
+                               bars=args.bars, truncation=args.truncation,
+                               binarize=args.binarize))
+  rolls = np.concatenate(rolls)
+  paths = sample.write_samples(gen, rolls, args.out, tempo=args.tempo)
+  spec = evaluate.roll_spec(gen)
+  values = dict(metrics.track_metrics(rolls, spec))
+  values.update(metrics.pair_metrics(rolls, spec))
+  evaluate.write_json({"step": gen.step, "num": len(rolls), "seed": args.seed,
+                       "metrics": {k: np.asarray(v).tolist() for k, v in values.items()}},
+                      os.path.join(args.out, "metrics.json"))
+  print(metrics.summary_table({"generated": values}, spec))
+  print(f"wrote {len(paths)} MIDI files, samples.png and metrics.json to {args.out} "
+        f"(checkpoint step {gen.step})")
+  return 0
+
+
+def cmd_eval(args, extra) -> int:
+  if extra:
+    raise SystemExit(f"jaxgan eval: unexpected arguments {extra}")
+  from jaxgan import evaluate, sample  # pylint: disable=import-outside-toplevel
+  gen = sample.Generator.from_workdir(args.workdir)
+  result = evaluate.evaluate(gen, split=args.split, num=args.num, seed=args.seed)
+  print(result["table"])
+  for name, v in sorted(result.get("set_comparison", {}).items()):
+    print(f"  {name:<28} OA {v['OA']:.3f}  KL {v['KL']:.3f}")
+  out = args.out or os.path.join(args.workdir, f"eval_{result['step']}.json")
+  evaluate.write_json(result, out)
+  print(f"wrote {out}")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="jaxgan", description="Train GANs that compose symbolic music, and use them.")
@@ -96,6 +141,26 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--quiet", action="store_true")
   _add_distributed_flags(p)
   p.set_defaults(func=cmd_train)
+
+  p = sub.add_parser("sample", help="write MIDI files, a PNG grid and metrics from a run")
+  p.add_argument("--workdir", required=True, help="a train workdir (latest checkpoint is used)")
+  p.add_argument("--num", type=int, default=16, help="number of pieces")
+  p.add_argument("--bars", type=int, help="bars per piece (default: one trained phrase)")
+  p.add_argument("--out", default="samples", help="output folder")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--truncation", type=float, help="truncate latents to [-t, t]")
+  p.add_argument("--binarize", default="threshold", choices=("threshold", "bernoulli"))
+  p.add_argument("--tempo", type=float, default=100.0, help="quarter notes per minute")
+  p.add_argument("--no-ema", action="store_true", help="use the raw generator, not its EMA")
+  p.set_defaults(func=cmd_sample)
+
+  p = sub.add_parser("eval", help="musical metrics: data vs generated, per track")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--split", default="test")
+  p.add_argument("--num", type=int, default=256)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", help="JSON path (default WORKDIR/eval_STEP.json)")
+  p.set_defaults(func=cmd_eval)
 
   p = sub.add_parser("profile", help="time train steps: compile, p50/p90, FLOPs, MFU, trace")
   p.add_argument("--config", required=True, help="configs/NAME.py[:ARG]")
