@@ -68,3 +68,34 @@ class Song:
   @property
   def num_notes(self) -> int:
     return int(self.notes.shape[0])
+
+
+def normalize_notes(notes: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
+  """Enforces the `Song.notes` invariants on an int [N, 5] note array.
+
+  Notes sharing (track, pitch, onset) are merged into one (the longest duration, the highest
+  velocity); a note running into the next onset of its track and pitch is cut to end there;
+  the result is sorted by (onset, track, pitch). Returns the notes and the counts
+  `notes_merged` (notes removed by merging) and `notes_truncated`.
+  """
+  notes = np.asarray(notes, dtype=np.int64).reshape(-1, 5)
+  if notes.shape[0] == 0:
+    return np.zeros((0, 5), np.int32), {"notes_merged": 0, "notes_truncated": 0}
+  order = np.lexsort((notes[:, ONSET], notes[:, PITCH], notes[:, TRACK]))
+  notes = notes[order]
+  key = notes[:, [TRACK, PITCH, ONSET]]
+  first = np.ones(len(notes), bool)
+  first[1:] = np.any(key[1:] != key[:-1], axis=1)
+  starts = np.flatnonzero(first)
+  merged = notes[starts].copy()
+  merged[:, DURATION] = np.maximum.reduceat(notes[:, DURATION], starts)
+  merged[:, VELOCITY] = np.maximum.reduceat(notes[:, VELOCITY], starts)
+  # Rows are now grouped by (track, pitch) with strictly increasing onsets.
+  same = np.all(merged[1:, [TRACK, PITCH]] == merged[:-1, [TRACK, PITCH]], axis=1)
+  end = merged[:-1, ONSET] + merged[:-1, DURATION]
+  cut = same & (end > merged[1:, ONSET])
+  gap = merged[1:, ONSET] - merged[:-1, ONSET]
+  merged[:-1, DURATION] = np.where(cut, gap, merged[:-1, DURATION])
+  merged = merged[np.lexsort((merged[:, PITCH], merged[:, TRACK], merged[:, ONSET]))]
+  counts = {"notes_merged": int(len(notes) - len(merged)), "notes_truncated": int(cut.sum())}
+  return merged.astype(np.int32), counts

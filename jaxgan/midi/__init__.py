@@ -1,0 +1,22 @@
+"""MIDI in and out: loading with validation, quantization, piano-rolls and event tokens."""
+
+from jaxgan.midi.events import Vocabulary, decode, decode_midi, encode
+from jaxgan.midi.io import (
+  COUNT_KEYS,
+  MidiConfig,
+  MidiError,
+  load_midi,
+  load_song,
+  quantize,
+  song_to_midi,
+  write_midi,
+)
+from jaxgan.midi.pianoroll import HELD, ONSET, from_pianoroll, pianoroll_to_midi, to_pianoroll
+from jaxgan.midi.song import NOTE_FIELDS, Song, Track, normalize_notes
+
+__all__ = [
+  "COUNT_KEYS", "HELD", "NOTE_FIELDS", "ONSET", "MidiConfig", "MidiError", "Song", "Track",
+  "Vocabulary", "decode", "decode_midi", "encode", "from_pianoroll", "load_midi", "load_song",
+  "normalize_notes", "pianoroll_to_midi", "quantize", "song_to_midi", "to_pianoroll",
+  "write_midi",
+]
