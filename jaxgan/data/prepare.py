@@ -1,0 +1,239 @@
+"""Building a data set once (`prepare`) and reading it back (`dataset_info`, `read_split`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import tensorflow_datasets as tfds
+from tensorflow_datasets.core.utils import tqdm_utils as tfds_tqdm
+
+from jaxgan.data import builders
+from jaxgan.midi import MidiConfig, Vocabulary
+from jaxgan.midi.song import Track
+
+log = logging.getLogger(__name__)
+
+DATA_DIR_ENV = "JAXGAN_DATA_DIR"
+_tf_configured = False
+
+
+def default_data_dir() -> str:
+  """$JAXGAN_DATA_DIR if set, else ~/tensorflow_datasets."""
+  return os.environ.get(DATA_DIR_ENV) or os.path.expanduser("~/tensorflow_datasets")
+
+
+def _tf():
+  """TensorFlow, kept off accelerators: here it only writes and reads records for JAX."""
+  global _tf_configured
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  if not _tf_configured:
+    _tf_configured = True
+    for kind in ("GPU", "TPU"):
+      try:
+        tf.config.set_visible_devices([], kind)
+      except (RuntimeError, ValueError):  # already initialized, or no such device type
+        pass
+  return tf
+
+
+def _builder(name: str, data_dir: str | None, **kwargs) -> builders._SongBuilder:
+  return tfds.builder(name, data_dir=data_dir or default_data_dir(), **kwargs)
+
+
+def _is_built(builder) -> bool:
+  # Not builder.is_prepared(): that logs a warning for every folder not built yet.
+  return os.path.isfile(os.path.join(os.fspath(builder.data_path), "dataset_info.json"))
+
+
+def _as_json(value: Any) -> Any:
+  return json.loads(json.dumps(value))
+
+
+def prepare(name: str, *, data_dir: str | None = None, manual_dir: str | None = None,
+            max_songs: int | None = None, midi_overrides: dict | None = None,
+            progress: bool = True, **builder_kwargs) -> dict:
+  """Builds data set `name` (or reuses it when built with the same options) and summarizes it.
+
+  name: jsb_chorales | music21_styles | midi_folder (needs manual_dir, a folder of MIDI files).
+  max_songs: read at most this many source files (quick trials).
+  midi_overrides: MidiConfig fields replacing the data set's defaults.
+  builder_kwargs: further builder options (num_workers; max_per_style for music21_styles).
+  A stored build made with other options is rebuilt. Returns a dict: songs, bars and notes
+  per split and in total, songs per style, skipped files (counts by reason and each file with
+  its reason), whether the build was reused, and the seconds taken.
+  """
+  start = time.time()
+  data_dir = data_dir or default_data_dir()
+  kwargs = dict(max_songs=max_songs, midi_overrides=midi_overrides, progress=progress,
+                **builder_kwargs)
+  if manual_dir is not None:
+    kwargs["manual_dir"] = manual_dir
+  builder = _builder(name, data_dir, **kwargs)
+  wanted = _as_json(builder.build_options())
+  reuse = False
+  if _is_built(builder):
+    stored = dict(builder.info.metadata.get("build_options") or {})
+    if "manual_dir" in wanted and wanted["manual_dir"] is None and stored.get("manual_dir"):
+      # No folder given: the one the stored build was made from.
+      manual_dir = kwargs["manual_dir"] = stored["manual_dir"]
+      builder = _builder(name, data_dir, **kwargs)
+      wanted["manual_dir"] = manual_dir
+    reuse = stored == wanted
+    if not reuse:
+      changed = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+      log.warning("%s at %s was built with other options (%s): rebuilding", name,
+                  builder.data_path, ", ".join(changed))
+  elif "manual_dir" in wanted and wanted["manual_dir"] is None:
+    raise ValueError(f"{name} needs manual_dir: a folder of .mid/.midi files")
+
+  if not reuse:
+    _tf()
+    mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if _is_built(builder)
+            else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+    # TFDS's own bars (per split, shuffling) would clutter ours, which counts files.
+    bars = tfds_tqdm._active  # pylint: disable=protected-access
+    tfds.display_progress_bar(False)
+    try:
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          manual_dir=manual_dir, download_mode=mode))
+    finally:
+      tfds.display_progress_bar(bars)
+    builder = _builder(name, data_dir, **kwargs)  # reads the finished data set back
+
+  meta = builder.info.metadata
+  build = meta["build"]
+  skipped_path = os.path.join(os.fspath(builder.data_path), builders.SKIPPED_FILE)
+  with open(skipped_path, encoding="utf-8") as f:
+    skipped_files = json.load(f)
+  splits = build["splits"]
+  return {
+      "name": name,
+      "version": str(builder.version),
+      "path": os.fspath(builder.data_path),
+      "reused": reuse,
+      "files": build["files"],
+      "songs": sum(s["songs"] for s in splits.values()),
+      "bars": sum(s["bars"] for s in splits.values()),
+      "notes": sum(s["notes"] for s in splits.values()),
+      "tokens": sum(s["tokens"] for s in splits.values()),
+      "splits": splits,
+      "styles": build["styles"],
+      "skipped": build["skipped"],
+      "skipped_files": skipped_files,
+      "load_counts": build["load_counts"],
+      "build_options": meta["build_options"],
+      "seconds": round(time.time() - start, 2),
+  }
+
+
+def format_summary(summary: dict, max_files: int = 20) -> str:
+  """The summary of `prepare` as text for the command line."""
+  s = summary
+  how = "reused" if s["reused"] else "built"
+  lines = [f"{s['name']} {s['version']} at {s['path']} ({how} in {s['seconds']:.1f} s)"]
+  per_split = ", ".join(f"{k} {v['songs']}" for k, v in s["splits"].items())
+  lines.append(f"  songs: {s['songs']} of {s['files']} files ({per_split})")
+  lines.append(f"  bars: {s['bars']:,}  notes: {s['notes']:,}  tokens: {s['tokens']:,}")
+  if len(s["styles"]) > 1:
+    lines.append("  styles: " + ", ".join(f"{k} {v}" for k, v in s["styles"].items()))
+  counts = dict(s["load_counts"])
+  read, kept = counts.pop("notes", 0), counts.pop("notes_kept", 0)
+  changed = ", ".join(f"{k.replace('notes_', '')} {v:,}" for k, v in counts.items() if v)
+  lines.append(f"  notes read: {read:,}, kept: {kept:,}" + (f" ({changed})" if changed else ""))
+  total = sum(s["skipped"].values())
+  if total:
+    lines.append(f"  skipped {total} files: "
+                 + ", ".join(f"{k} {v}" for k, v in s["skipped"].items()))
+    for item in s["skipped_files"][:max_files]:
+      detail = f" ({item['detail']})" if item.get("detail") else ""
+      lines.append(f"    {item['source']}: {item['reason']}{detail}")
+    if total > max_files:
+      lines.append(f"    ... {total - max_files} more in "
+                   f"{os.path.join(s['path'], builders.SKIPPED_FILE)}")
+  else:
+    lines.append("  skipped: none")
+  return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+  """What a built data set says about itself; the training pipeline starts from this."""
+
+  name: str
+  path: str
+  midi_config: MidiConfig
+  tracks: tuple[Track, ...]
+  styles: tuple[str, ...]
+  vocab: Vocabulary
+  stats: dict[str, Any]
+  num_examples: dict[str, int]
+  skipped: dict[str, int]
+
+
+def _open(name: str, data_dir: str | None) -> builders._SongBuilder:
+  builder = _builder(name, data_dir)
+  if not _is_built(builder):
+    raise FileNotFoundError(
+        f"data set {name!r} is not built in {data_dir or default_data_dir()}; "
+        f"run `jaxgan prepare {name}` (or jaxgan.data.prepare) first")
+  return builder
+
+
+def dataset_info(name: str, data_dir: str | None = None) -> DataInfo:
+  """Reads the metadata of a built data set (raises FileNotFoundError if it is not built)."""
+  builder = _open(name, data_dir)
+  meta = builder.info.metadata
+  path = os.fspath(builder.data_path)
+  vocab = Vocabulary.load(os.path.join(path, builders.VOCAB_FILE))
+  return DataInfo(
+      name=name,
+      path=path,
+      midi_config=MidiConfig.from_json(meta["midi_config"]),
+      tracks=tuple(Track.from_json(t) for t in meta["tracks"]),
+      styles=tuple(meta["styles"]),
+      vocab=vocab,
+      stats=dict(meta["stats"]),
+      num_examples={s: (builder.info.splits[s].num_examples if s in builder.info.splits else 0)
+                    for s in builders.SPLITS},
+      skipped=dict(meta["build"]["skipped"]),
+  )
+
+
+def read_split(name: str, split: str, *, data_dir: str | None = None, process_index: int = 0,
+               process_count: int = 1):
+  """The stored songs of `split` as a tf.data.Dataset, in a fixed order.
+
+  Process p of P reads a disjoint 1/P of the split (together they read all of it). A split
+  the build left empty reads as an empty data set.
+  """
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} is not in [0, {process_count})")
+  _tf()
+  builder = _open(name, data_dir)
+  base = split.split("[")[0]
+  read_config = tfds.ReadConfig(try_autocache=False)
+  if base not in builder.info.splits:
+    if base not in builders.SPLITS:
+      raise ValueError(f"{name} has no split {split!r}; splits: {', '.join(builders.SPLITS)}")
+    any_split = next(iter(builder.info.splits.keys()))
+    return builder.as_dataset(split=any_split, shuffle_files=False,
+                              read_config=read_config).take(0)
+  if process_count == 1:
+    return builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
+  if split == base:
+    # Contiguous slices, the first n % P one song longer: disjoint, together the split.
+    n = builder.info.splits[split].num_examples
+    start = process_index * n // process_count
+    end = (process_index + 1) * n // process_count
+    if start == end:  # more processes than songs; TFDS refuses to read an empty slice
+      return builder.as_dataset(split=split, shuffle_files=False,
+                                read_config=read_config).take(0)
+    sub = f"{split}[{start}:{end}]"
+  else:
+    sub = tfds.even_splits(split, n=process_count, drop_remainder=False)[process_index]
+  return builder.as_dataset(split=sub, shuffle_files=False, read_config=read_config)

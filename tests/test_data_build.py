@@ -1,0 +1,220 @@
+"""Building the song data sets (TFDS) and reading them back: small, capped builds."""
+
+import json
+import os
+
+import miditoolkit
+import numpy as np
+import pytest
+
+from jaxgan.data import builders, corpus
+from jaxgan.data.prepare import dataset_info, format_summary, prepare, read_split
+from jaxgan.midi.song import ONSET, TRACK
+
+VOICES = ["soprano", "alto", "tenor", "bass"]
+
+
+def _write_song(path: str, seed: int) -> None:
+  """Four bars of 4/4: piano chords, a bass line and drums, different for every seed."""
+  rng = np.random.default_rng(seed)
+  midi = miditoolkit.MidiFile(ticks_per_beat=480)
+  midi.time_signature_changes.append(miditoolkit.TimeSignature(4, 4, 0))
+  midi.tempo_changes.append(miditoolkit.TempoChange(100.0 + seed, 0))
+  piano = miditoolkit.Instrument(program=0, name="piano")
+  bass = miditoolkit.Instrument(program=33, name="bass")
+  drums = miditoolkit.Instrument(program=0, is_drum=True, name="drums")
+  for beat in range(16):
+    start, end = beat * 480, beat * 480 + 240
+    for p in rng.choice(np.arange(55, 80), size=3, replace=False):
+      piano.notes.append(miditoolkit.Note(80, int(p), start, end))
+    bass.notes.append(miditoolkit.Note(90, int(rng.integers(36, 48)), start, end))
+    drums.notes.append(miditoolkit.Note(100, 36 if beat % 2 == 0 else 38, start, start + 60))
+  midi.instruments = [piano, bass, drums]
+  midi.dump(path)
+
+
+@pytest.fixture(scope="module")
+def midi_folder(tmp_path_factory):
+  """10 good files (2 styles in subfolders, 2 in the root) and 3 bad ones."""
+  root = tmp_path_factory.mktemp("midi")
+  good = ["a.mid", "b.MIDI", "rock/r1.mid", "rock/r2.mid", "rock/r3.mid", "rock/deep/r4.mid",
+          "jazz/j1.mid", "jazz/j2.midi", "jazz/j3.mid", "jazz/j4.mid"]
+  for i, rel in enumerate(good):
+    os.makedirs(os.path.dirname(root / rel), exist_ok=True)
+    _write_song(str(root / rel), seed=i)
+  whole = (root / "a.mid").read_bytes()
+  (root / "rock" / "truncated.mid").write_bytes(whole[:len(whole) // 2])
+  (root / "jazz" / "noise.mid").write_bytes(np.random.default_rng(0).bytes(3000))
+  empty = miditoolkit.MidiFile(ticks_per_beat=480)
+  empty.instruments = [miditoolkit.Instrument(program=0, name="silent")]
+  empty.dump(str(root / "no_notes.mid"))
+  (root / "notes.txt").write_text("not a MIDI file name: ignored")
+  return str(root)
+
+
+@pytest.fixture(scope="module")
+def jsb(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp("jsb"))
+  summary = prepare("jsb_chorales", data_dir=data_dir, max_songs=12, progress=False)
+  return data_dir, summary
+
+
+def _all_examples(name, data_dir):
+  out = {}
+  for split in builders.SPLITS:
+    for ex in read_split(name, split, data_dir=data_dir).as_numpy_iterator():
+      out[ex["source"].decode()] = (split, ex)
+  return out
+
+
+def test_midi_folder_skips_bad_files(midi_folder, tmp_path):
+  data_dir = str(tmp_path)
+  summary = prepare("midi_folder", data_dir=data_dir, manual_dir=midi_folder, progress=False)
+  assert summary["songs"] == 10 and summary["files"] == 13
+  assert sum(s["songs"] for s in summary["splits"].values()) == 10
+  skipped = {s["source"]: s["reason"] for s in summary["skipped_files"]}
+  assert set(skipped) == {"rock/truncated.mid", "jazz/noise.mid", "no_notes.mid"}
+  assert skipped["no_notes.mid"] == "no notes"
+  assert skipped["rock/truncated.mid"] == "truncated file"
+  assert sum(summary["skipped"].values()) == 3
+  with open(os.path.join(summary["path"], builders.SKIPPED_FILE)) as f:
+    assert sorted(s["source"] for s in json.load(f)) == sorted(skipped)
+  assert "skipped 3 files" in format_summary(summary)
+
+  info = dataset_info("midi_folder", data_dir=data_dir)
+  assert info.styles == ("default", "jazz", "rock")
+  assert [t.name for t in info.tracks] == ["Drums", "Piano", "Guitar", "Bass", "Strings"]
+  assert info.midi_config.track_mode == "lpd5" and info.midi_config.steps_per_beat == 12
+  assert sum(info.num_examples.values()) == 10
+  assert len(info.stats["pitch_hist"]) == 128 and len(info.stats["pitch_class_hist"]) == 12
+  assert os.path.isfile(os.path.join(info.path, builders.VOCAB_FILE))
+  examples = _all_examples("midi_folder", data_dir)
+  assert len(examples) == 10
+  for source, (split, ex) in examples.items():
+    style = source.split("/")[0] if "/" in source else "default"
+    assert info.styles[ex["style"]] == style
+    assert split == corpus.split_of(source)
+    assert ex["notes"].dtype == np.int32 and ex["notes"].shape == (16 * 5, 5)
+    assert tuple(ex["time_signature"]) == (4, 4) and ex["steps_per_bar"] == 48
+    assert ex["num_bars"] == 4
+
+
+def test_midi_overrides_rebuild(midi_folder, tmp_path):
+  data_dir = str(tmp_path)
+  first = prepare("midi_folder", data_dir=data_dir, manual_dir=midi_folder, progress=False,
+                  midi_overrides={"steps_per_beat": 4}, max_songs=4)
+  assert first["build_options"]["midi_config"]["steps_per_beat"] == 4
+  info = dataset_info("midi_folder", data_dir=data_dir)
+  assert info.midi_config.steps_per_beat == 4 and info.vocab.config.steps_per_beat == 4
+  # Other options: the stored build is replaced, not reused.
+  second = prepare("midi_folder", data_dir=data_dir, manual_dir=midi_folder, progress=False,
+                   max_songs=4)
+  assert not second["reused"]
+  assert dataset_info("midi_folder", data_dir=data_dir).midi_config.steps_per_beat == 12
+  # Without a manual dir, the folder of the stored build is used (rebuilt here: no cap).
+  third = prepare("midi_folder", data_dir=data_dir, progress=False)
+  assert not third["reused"] and third["songs"] == 10
+  assert prepare("midi_folder", data_dir=data_dir, progress=False)["reused"]
+  with pytest.raises(ValueError, match="unknown MidiConfig fields"):
+    prepare("midi_folder", data_dir=str(tmp_path / "x"), manual_dir=midi_folder,
+            progress=False, midi_overrides={"steps_per_bar": 4})
+
+
+def test_jsb_chorales(jsb):
+  data_dir, summary = jsb
+  assert summary["files"] == 12
+  assert summary["songs"] + sum(summary["skipped"].values()) == 12
+  assert summary["songs"] >= 10
+  info = dataset_info("jsb_chorales", data_dir=data_dir)
+  assert [t.name for t in info.tracks] == VOICES
+  assert info.midi_config.track_mode == "parts" and info.midi_config.meters == ()
+  assert info.styles == ("bach",)
+  first, end = info.vocab.ranges["Pitch"]
+  examples = _all_examples("jsb_chorales", data_dir)
+  assert len(examples) == summary["songs"]
+  for source, (split, ex) in examples.items():
+    assert split == corpus.split_of(source)
+    notes, tokens = ex["notes"], ex["tokens"]
+    assert notes.dtype == np.int32 and tokens.dtype == np.int32
+    assert ((tokens >= first) & (tokens < end)).sum() == len(notes)
+    assert set(np.unique(notes[:, TRACK])) == {0, 1, 2, 3}
+    assert ex["steps_per_bar"] == ex["time_signature"][0] * 48 // ex["time_signature"][1]
+    assert notes[:, ONSET].max() < ex["num_bars"] * ex["steps_per_bar"]
+  assert info.stats["num_songs"] == summary["splits"]["train"]["songs"]
+  assert info.stats["mean_notes_per_bar"] > 4
+
+  # bwv269 is in 3/4 and opens with a one-beat pickup: padded to beat 3 of bar 0, so the
+  # first downbeat is the bar line at step 36.
+  _, ex = examples["bach/bwv269"]
+  assert tuple(ex["time_signature"]) == (3, 4)
+  onsets = np.unique(ex["notes"][:, ONSET])
+  assert onsets[0] == 24 and onsets[1] == 36
+
+
+def test_jsb_split_is_deterministic(jsb, tmp_path):
+  data_dir, summary = jsb
+  again = prepare("jsb_chorales", data_dir=str(tmp_path), max_songs=12, progress=False)
+  assert again["splits"] == summary["splits"] and not again["reused"]
+  a = _all_examples("jsb_chorales", data_dir)
+  b = _all_examples("jsb_chorales", str(tmp_path))
+  assert a.keys() == b.keys()
+  for source in a:
+    assert a[source][0] == b[source][0]
+    np.testing.assert_array_equal(a[source][1]["tokens"], b[source][1]["tokens"])
+
+
+def test_prepare_reuses_a_built_data_set(jsb):
+  data_dir, summary = jsb
+  again = prepare("jsb_chorales", data_dir=data_dir, max_songs=12, progress=False)
+  assert again["reused"] and again["seconds"] < 5
+  for key in ("songs", "bars", "notes", "splits", "skipped", "skipped_files"):
+    assert again[key] == summary[key]
+
+
+@pytest.mark.parametrize("count", [2, 4, 16])  # 16: more processes than songs
+def test_read_split_shards_are_disjoint(jsb, count):
+  data_dir, _ = jsb
+  whole = [ex["source"] for ex in read_split("jsb_chorales", "train", data_dir=data_dir)
+           .as_numpy_iterator()]
+  shards = [[ex["source"] for ex in read_split(
+      "jsb_chorales", "train", data_dir=data_dir, process_index=p, process_count=count)
+      .as_numpy_iterator()] for p in range(count)]
+  flat = [s for shard in shards for s in shard]
+  assert len(flat) == len(set(flat)) == len(whole)
+  assert set(flat) == set(whole)
+  again = [ex["source"] for ex in read_split(
+      "jsb_chorales", "train", data_dir=data_dir, process_index=1, process_count=count)
+      .as_numpy_iterator()]
+  assert again == shards[1]
+
+
+def test_fold_voices():
+  assert [corpus.fold_voice(r, 1) for r in range(1)] == [0]
+  assert [corpus.fold_voice(r, 2) for r in range(2)] == [0, 3]
+  assert [corpus.fold_voice(r, 4) for r in range(4)] == [0, 1, 2, 3]
+  assert [corpus.fold_voice(r, 5) for r in range(5)] == [0, 1, 2, 2, 3]
+  assert [corpus.fold_voice(r, 6) for r in range(6)] == [0, 1, 1, 2, 2, 3]
+
+
+def test_music21_styles(tmp_path):
+  data_dir = str(tmp_path)
+  summary = prepare("music21_styles", data_dir=data_dir, max_songs=4, max_per_style=2,
+                    progress=False)
+  assert summary["files"] == 4
+  assert summary["styles"] == {s: 1 for s in corpus.STYLES}
+  info = dataset_info("music21_styles", data_dir=data_dir)
+  assert info.styles == corpus.STYLES and [t.name for t in info.tracks] == VOICES
+  for _, (_, ex) in _all_examples("music21_styles", data_dir).items():
+    tracks = set(np.unique(ex["notes"][:, TRACK]).tolist())
+    if info.styles[ex["style"]] == "folk":
+      assert tracks == {0}  # a single melody: soprano only
+    else:
+      assert tracks == {0, 1, 2, 3}
+
+
+def test_conversion_pool_keeps_order(monkeypatch):
+  pieces = corpus.chorale_pieces()[:6]
+  monkeypatch.setattr(builders, "MIN_POOL_PIECES", 1)
+  pooled = list(builders.convert_pieces(pieces, num_workers=2))
+  assert [r.name for r in pooled] == [p.name for p in pieces]
+  assert pooled[0].midi == corpus.piece_to_midi(pieces[0]).midi
