@@ -323,7 +323,8 @@ def train_and_evaluate(config, workdir: str, *, data_mode: str = "shard",
         writer.pianorolls(step, np.asarray(jax.device_get(rolls)))
       if evaluate_fn is not None and tc.eval_every and step % tc.eval_every == 0:
         writer.scalars(step, evaluate_fn(engine, state))
-      if checkpointer.save(step, state):
+      if step % tc.ckpt_every == 0:
+        checkpointer.save(step, state, force=True)
         saved = step
       preempted = (stop.received is not None if jax.process_count() == 1
                    else checkpointer.reached_preemption(step))
