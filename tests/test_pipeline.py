@@ -283,13 +283,7 @@ def _replicated(config, count, steps=2):
            for k in ("pianoroll", "style")} for s in range(steps)]
 
 
-@pytest.mark.parametrize("n_critic", [
-    1,
-    pytest.param(2, marks=pytest.mark.xfail(
-        strict=True, reason="replicate mode slices each process a contiguous run of "
-        "n_critic * local examples, so with n_critic > 1 the critic rows are interleaved "
-        "differently for different process counts")),
-])
+@pytest.mark.parametrize("n_critic", [1, 2, 3])
 def test_replicate_mode_batches_do_not_depend_on_the_process_count(n_critic):
   config = config_lib.load_config("configs/tiny.py", [
       ("loss.n_critic", str(n_critic)), ("train.global_batch", "8"), ("data.transpose", "3")])

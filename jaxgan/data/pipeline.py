@@ -256,18 +256,22 @@ class StreamLayout:
   """Where this process's examples sit in the stream: example j of step s is stream index
   s * stride + offset + j, drawn from a permutation keyed by (seed, epoch, key)."""
 
-  per_step: int    # examples this process makes per step
-  stride: int
-  offset: int
+  per_step: int    # examples this process makes per step (n_critic rows of its batch slice)
+  stride: int      # stream indices per step
+  offset: int      # where this process's slice starts within each row
+  row: int         # stream indices between critic rows
   key: int
 
 
 def stream_layout(config, *, process_index: int, process_count: int, data_mode: str) -> StreamLayout:
-  global_per_step = config.train.global_batch * config.loss.n_critic
-  local = global_per_step // process_count
+  global_batch, n_critic = config.train.global_batch, config.loss.n_critic
+  local = global_batch // process_count
   if data_mode == "replicate":
-    return StreamLayout(local, global_per_step, process_index * local, 0)
-  return StreamLayout(local, local, 0, process_index)
+    # Row c of step s is the global slice [c * B, (c + 1) * B): each process takes its part of
+    # every row, so the global batch is the same for any number of processes.
+    return StreamLayout(local * n_critic, global_batch * n_critic, process_index * local,
+                        global_batch, 0)
+  return StreamLayout(local * n_critic, local * n_critic, 0, local, process_index)
 
 
 def check_batch(config, mesh: Mesh | None, process_count: int) -> None:
@@ -316,7 +320,9 @@ def make_dataset(config, *, start_step: int = 0, process_index: int | None = Non
 
   def step_indices(step):
     base = step * layout.stride + layout.offset
-    return tf.data.Dataset.range(base, base + layout.per_step)
+    rows = (tf.range(n_critic, dtype=tf.int64)[:, None] * layout.row
+            + tf.range(local, dtype=tf.int64)[None, :])
+    return tf.data.Dataset.from_tensor_slices(tf.reshape(base + rows, [-1]))
 
   options = tf.data.Options()
   options.deterministic = True
