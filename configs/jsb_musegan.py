@@ -1,7 +1,9 @@
 """Four-voice Bach chorales (the embedded data set): the default of `make demo`.
 
-Hybrid MuseGAN sized for 4 tracks (soprano, alto, tenor, bass) x 4 bars x 16 steps (16th notes)
-x 84 pitches; random transposition by up to 5 semitones; WGAN-GP with 2 D updates per G update.
+The tutorial MuseGAN architecture (shared then per-track transposed-conv blocks, all written as
+matmuls) sized for 4 tracks (soprano, alto, tenor, bass) x 4 bars x 16 steps (16th notes) x 84
+pitches; random transposition by up to 5 semitones; WGAN-GP with 2 D updates per G update.
+The hybrid model (`models.model_config("jsb")`) is the heavier alternative.
 `get_config("demo")` bounds the run for a laptop CPU.
 """
 
@@ -19,7 +21,8 @@ def get_config(arg=None):
   c.data.num_pitches = 84
   c.data.num_tracks = 4
   c.data.transpose = 5
-  c.model = models.model_config("jsb")
+  c.model = models.model_config("tutorial")
+  c.model.name = "jsb"
   c.loss.kind = "wgan"
   c.loss.gp_weight = 10.0
   c.loss.n_critic = 2
