@@ -142,7 +142,7 @@ class Engine:
       grads, metrics = jax.grad(d_loss_fn, has_aux=True)(
           d_params, real, jax.lax.stop_gradient(fake), key_gp)
       updates, d_opt = self.d_tx.update(grads, d_opt, d_params)
-      metrics["d_grad_norm"] = optax.tree_utils.tree_l2_norm(grads)
+      metrics["d_grad_norm"] = optax.tree_utils.tree_norm(grads)
       return optax.apply_updates(d_params, updates), d_opt, metrics
 
     zero = jnp.zeros([], jnp.float32)
@@ -166,7 +166,7 @@ class Engine:
         step=state["step"] + 1, g=g_params, g_stats=g_stats,
         g_ema=optim.ema_update(state["g_ema"], g_params, self.config.train.ema_decay),
         d=d_params, g_opt=g_opt, d_opt=d_opt, rng=rng)
-    metrics = dict(d_metrics, g_loss=g_loss, g_grad_norm=optax.tree_utils.tree_l2_norm(g_grads),
+    metrics = dict(d_metrics, g_loss=g_loss, g_grad_norm=optax.tree_utils.tree_norm(g_grads),
                    n_critic=n_critic, slope=jnp.asarray(slope, jnp.float32),
                    lr_g=self.g_lr(state["step"]), lr_d=self.d_lr(state["step"] * lc.n_critic))
     return new_state, metrics
