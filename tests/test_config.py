@@ -12,10 +12,13 @@ TINY = os.path.join(ROOT, "configs", "tiny.py")
 
 def test_overrides_are_typed():
   c = config_lib.load_config(TINY, ["--config.train.global_batch=32", "--config.loss.gp_weight=5",
-                                    "--config.data.meter=(3, 4)", "--config.loss.kind", "hinge"])
+                                    "--config.data.transpose=3", "--config.loss.kind", "hinge"])
   assert c.train.global_batch == 32
   assert c.loss.gp_weight == 5.0 and isinstance(c.loss.gp_weight, float)
-  assert tuple(c.data.meter) == (3, 4)
+  assert c.data.transpose == 3
+  base = config_lib.base_config()
+  config_lib.apply_override(base, "data.meter", "(3, 4)")
+  assert tuple(base.data.meter) == (3, 4)
   assert c.loss.kind == "hinge"
 
 

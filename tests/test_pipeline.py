@@ -33,6 +33,13 @@ def _config(data_dir, *overrides):
   return config_lib.load_config("configs/jsb_musegan.py", pairs + [(k, str(v)) for k, v in overrides])
 
 
+def _config_one_bar(data_dir, *overrides):
+  """One-bar windows: the pipeline never looks at the model, whose shipped presets need 2+ bars."""
+  config = _config(data_dir, *overrides)
+  config_lib.apply_override(config, "data.n_bars", "1")
+  return config
+
+
 @pytest.fixture(scope="module")
 def table(data_dir):
   return pipeline.load_song_table(_config(data_dir), "train")
@@ -152,7 +159,7 @@ def test_windows_equal_slices_of_the_reference_pianoroll(data_dir, table):
 
 
 def test_hand_made_window_keeps_repeats_and_cuts_at_the_edges(data_dir):
-  config = _config(data_dir, ("data.n_bars", "1"))
+  config = _config_one_bar(data_dir)
   low = config.data.lowest_pitch
   notes = np.array([[0, 60, 0, 4, 80],    # two same-pitch notes back to back
                     [0, 60, 4, 4, 80],
@@ -206,7 +213,7 @@ def test_transposition_moves_whole_windows_and_drops_no_note(data_dir, table):
 
 
 def test_transposition_uses_the_whole_feasible_range_and_spares_drums(data_dir):
-  config = _config(data_dir, ("data.n_bars", "1"), ("data.transpose", "5"))
+  config = _config_one_bar(data_dir, ("data.transpose", "5"))
   low = config.data.lowest_pitch
   notes = np.array([[0, low + 2, 0, 4, 80],    # room for 2 down...
                     [1, low + 80, 4, 4, 80],   # ...and 3 up
