@@ -1,5 +1,6 @@
 PYTHON ?= python3
-VENV ?= .venv
+# One environment per interpreter, so `make test PYTHON=python3.12` never reuses a 3.11 .venv.
+VENV ?= $(if $(filter python3,$(PYTHON)),.venv,.venv-$(notdir $(PYTHON)))
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
