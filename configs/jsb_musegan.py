@@ -2,7 +2,8 @@
 
 The tutorial MuseGAN architecture (shared then per-track transposed-conv blocks, all written as
 matmuls) sized for 4 tracks (soprano, alto, tenor, bass) x 4 bars x 16 steps (16th notes) x 84
-pitches; random transposition by up to 5 semitones; WGAN-GP with 2 D updates per G update.
+pitches; random transposition by up to 5 semitones; WGAN-GP with 5 D updates per G update
+(a weaker critic, 1-2 updates, was measured to stall learning on small batches).
 The hybrid model (`models.model_config("jsb")`) is the heavier alternative.
 `get_config("demo")` bounds the run for a laptop CPU.
 """
@@ -25,10 +26,10 @@ def get_config(arg=None):
   c.model.name = "jsb"
   c.loss.kind = "wgan"
   c.loss.gp_weight = 10.0
-  c.loss.n_critic = 2
-  c.g_optim = config_lib.optim_config(5e-4)
-  c.d_optim = config_lib.optim_config(5e-4)
-  c.train.global_batch = 32
+  c.loss.n_critic = 5
+  c.g_optim = config_lib.optim_config(1e-3)
+  c.d_optim = config_lib.optim_config(1e-3)
+  c.train.global_batch = 16
   c.train.num_steps = 20_000
   c.train.log_every = 50
   c.train.ckpt_every = 500
