@@ -253,6 +253,22 @@ def warm_start(engine: Engine, state: State, source: str) -> State:
   return new
 
 
+def sample_metrics(engine: Engine, state: State) -> dict[str, float]:
+  """The default periodic evaluation: MuseGAN metrics of EMA samples, one scalar per track."""
+  from jaxgan import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
+  d = engine.config.data
+  rolls = np.asarray(jax.device_get(
+      engine.sample_ema(state, jax.random.PRNGKey(0), engine.config.train.eval_num)))
+  spec = metrics_lib.RollSpec(steps_per_beat=d.steps_per_beat, lowest_pitch=d.lowest_pitch,
+                              track_names=tuple(f"track{i}" for i in range(d.num_tracks)))
+  out = {}
+  for name, values in metrics_lib.track_metrics(rolls, spec).items():
+    for i, v in enumerate(np.asarray(values, float)):
+      if np.isfinite(v):
+        out[f"eval/{name}/track{i}"] = float(v)
+  return out
+
+
 def train_and_evaluate(config, workdir: str, *, data_mode: str = "shard",
                        progress: bool = True, evaluate_fn: Callable | None = None) -> State:
   """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one."""
@@ -321,8 +337,8 @@ def train_and_evaluate(config, workdir: str, *, data_mode: str = "shard",
       if tc.sample_every and step % tc.sample_every == 0:
         rolls = engine.sample_ema(state, jax.random.PRNGKey(step), 8)
         writer.pianorolls(step, np.asarray(jax.device_get(rolls)))
-      if evaluate_fn is not None and tc.eval_every and step % tc.eval_every == 0:
-        writer.scalars(step, evaluate_fn(engine, state))
+      if tc.eval_every and step % tc.eval_every == 0:
+        writer.scalars(step, (evaluate_fn or sample_metrics)(engine, state))
       if step % tc.ckpt_every == 0:
         checkpointer.save(step, state, force=True)
         saved = step

@@ -91,3 +91,16 @@ def test_eval_prints_data_vs_generated(run, tmp_path, capsys):
   result = json.loads(out.read_text())
   assert result["num_generated"] == 16 and result["num_real"] == 16
   assert "OA" in next(iter(result["set_comparison"].values()))
+
+
+def test_periodic_evaluation_writes_metrics_to_tensorboard(tmp_path):
+  assert cli.main(["train", "--config", TINY, "--workdir", str(tmp_path), "--quiet",
+                   "--config.train.num_steps=4", "--config.train.eval_every=2",
+                   "--config.train.eval_num=8", "--config.train.log_every=2"]) == 0
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  tags = set()
+  for path in (tmp_path / "tensorboard").iterdir():
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      tags.update(v.tag for v in event.summary.value)
+  assert "eval/EB/track0" in tags and "eval/UPC/track1" in tags
+  assert "d_loss" in tags and "g_grad_norm" in tags and "examples_per_s" in tags
