@@ -34,6 +34,7 @@ def get_config(arg=None):
   c.train.log_every = 50
   c.train.ckpt_every = 500
   c.train.sample_every = 500
+  c.train.eval_every = 1000
   if arg == "demo":
     c.train.num_steps = 1200
     c.train.ckpt_every = 200
