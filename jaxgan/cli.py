@@ -38,29 +38,17 @@ def cmd_prepare(args, extra) -> int:
 def cmd_train(args, extra) -> int:
   from jaxgan import config as config_lib  # pylint: disable=import-outside-toplevel
   _init_distributed(args)
-  try:
-    config = config_lib.load_config(args.config, extra)
-  except config_lib.ConfigError as e:
-    print(f"jaxgan train: {e}", file=sys.stderr)
-    return 2
+  config = config_lib.load_config(args.config, extra)
   from jaxgan import train  # pylint: disable=import-outside-toplevel
-  try:
-    train.train_and_evaluate(config, args.workdir, data_mode=args.data_mode,
-                             progress=not args.quiet)
-  except config_lib.ConfigError as e:
-    print(f"jaxgan train: {e}", file=sys.stderr)
-    return 2
+  train.train_and_evaluate(config, args.workdir, data_mode=args.data_mode,
+                           progress=not args.quiet)
   return 0
 
 
 def cmd_profile(args, extra) -> int:
   from jaxgan import config as config_lib  # pylint: disable=import-outside-toplevel
   _init_distributed(args)
-  try:
-    config = config_lib.load_config(args.config, extra)
-  except config_lib.ConfigError as e:
-    print(f"jaxgan profile: {e}", file=sys.stderr)
-    return 2
+  config = config_lib.load_config(args.config, extra)
   from jaxgan import profile  # pylint: disable=import-outside-toplevel
   result = profile.profile(config, args.workdir, steps=args.steps, warmup=args.warmup,
                            trace_steps=args.trace_steps, data_mode=args.data_mode)
@@ -181,7 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger(noisy).setLevel(logging.WARNING)
   parser = build_parser()
   args, extra = parser.parse_known_args(argv)
-  return args.func(args, extra)
+  from jaxgan.config import ConfigError  # pylint: disable=import-outside-toplevel
+  try:
+    return args.func(args, extra)
+  except ConfigError as e:  # a bad key or value: one clear line, exit status 2
+    print(f"jaxgan {args.command}: {e}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
