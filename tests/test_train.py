@@ -147,3 +147,21 @@ def test_bad_batch_for_devices_fails_before_compiling(tmp_path):
   config = tiny(**{"train.global_batch": 12})
   with pytest.raises(config_lib.ConfigError, match="train.global_batch=12 is not divisible"):
     train.train_and_evaluate(config, str(tmp_path), progress=False)
+
+
+def test_checkpoint_from_one_device_restores_on_eight(tmp_path):
+  config = tiny(**{"train.fsdp_min_size": 1})
+  one = train.Engine(config, sharding.make_mesh(devices=jax.devices()[:1]))
+  state = one.init(jax.random.PRNGKey(5))
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path), every=1, keep=2)
+  ckpt.save(1, state, force=True)
+  ckpt.close()
+  eight = train.Engine(config, sharding.make_mesh(2, 4))  # FSDP-sharded on the way back in
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path), every=1, keep=2)
+  restored, step = ckpt.restore_latest(eight.abstract_with_shardings())
+  ckpt.close()
+  assert step == 1
+  assert any(len(x.sharding.device_set) == 8 and "fsdp" in tuple(x.sharding.spec)
+             for x in _leaves(restored["g"]))
+  for x, y in zip(_leaves(jax.device_get(restored)), _leaves(jax.device_get(state))):
+    np.testing.assert_array_equal(x, y)
