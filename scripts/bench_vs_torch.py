@@ -23,7 +23,6 @@ import datetime
 import json
 import os
 import platform
-import shlex
 import shutil
 import statistics
 import sys
@@ -52,6 +51,7 @@ if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
 import torch  # noqa: E402  (after the path set-up above)
 
 import torch_musegan as tm  # noqa: E402
+from _bench_util import command_line, cpu_model, fmt  # noqa: E402
 
 SAMPLE_BATCH = 256
 DATA_SEED = 0
@@ -318,14 +318,6 @@ def summary(c: Contender) -> dict[str, Any]:
   }
 
 
-def _fmt(x: float) -> str:
-  if x >= 100:
-    return f"{x:,.0f}"
-  if x >= 10:
-    return f"{x:.1f}"
-  return f"{x:.3g}" if x >= 0.01 else f"{x:.2e}"
-
-
 def _na(s: dict[str, Any]) -> str:
   return f"n/a ({s['error']})"
 
@@ -341,9 +333,9 @@ def rate_table(rows: list[dict[str, Any]], unit: str, step_word: str) -> list[st
     u = s["units_per_step"]
     setup = "-" if s["setup_s"] is None else f"{s['setup_s']:.1f}"
     out.append(
-        f"| {s['name']} | {setup} | {_fmt(s['rate_median'])} | "
-        f"{_fmt(s['rate_min'])}-{_fmt(s['rate_max'])} | {_fmt(s['rate_median'] * u)} | "
-        f"{_fmt(s['rate_min'] * u)}-{_fmt(s['rate_max'] * u)} | "
+        f"| {s['name']} | {setup} | {fmt(s['rate_median'])} | "
+        f"{fmt(s['rate_min'])}-{fmt(s['rate_max'])} | {fmt(s['rate_median'] * u)} | "
+        f"{fmt(s['rate_min'] * u)}-{fmt(s['rate_max'] * u)} | "
         f"{s['runs']} x {s['steps_per_run']} | {s['note']} |")
   return out
 
@@ -380,15 +372,6 @@ def ratio_table(rows: list[tuple[str, dict[str, Any], float | None]]) -> list[st
 
 
 def machine() -> dict[str, Any]:
-  model = platform.processor() or "unknown"
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          model = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
   usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   import jax  # pylint: disable=import-outside-toplevel
   import jaxlib  # pylint: disable=import-outside-toplevel
@@ -398,20 +381,13 @@ def machine() -> dict[str, Any]:
   except ImportError:
     flax_version = "n/a"
   return {
-      "cpu": model, "cores": os.cpu_count(), "usable_cores": usable,
+      "cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable,
       "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
       "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
       "python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
       "flax": flax_version, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
       "jax_backend": jax.default_backend(),
   }
-
-
-def command_line() -> str:
-  script = os.path.relpath(sys.argv[0])
-  if script.startswith(".."):
-    script = os.path.basename(sys.argv[0])
-  return shlex.join(["python", script, *sys.argv[1:]])
 
 
 # ---------------------------------------------------------------------------------------- main
