@@ -115,7 +115,7 @@ def synthetic_songs(config, num_songs: int = 64) -> list[dict]:
   for _ in range(d.synthetic_patterns):
     root = int(rng.integers(0, 12))
     chord = [root, root + 4, root + 7, root + 12]  # major triad with octave
-    pitches = [min(d.num_pitches - 1, 12 + chord[t % 4] + 12 * (t // 4) + 0)
+    pitches = [min(d.num_pitches - 1, 12 + chord[t % 4] + 12 * (t // 4))
                for t in range(d.num_tracks)]
     patterns.append(pitches)
   songs = []
