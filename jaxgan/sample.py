@@ -88,10 +88,12 @@ class Generator:
     midi_io.write_midi(self.to_song(roll, tempo=tempo, source=path), path)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _generate(engine, variables, z, key, binarize: str) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _generate(engine, variables, z, key, step, binarize: str) -> jax.Array:
   """One compiled function per (engine, shape, mode): latents -> bool piano-rolls."""
-  out = engine.generator.apply(variables, z, train=False, rng=key)
+  # The binary-neuron slope the run had reached, as in training's own samples.
+  out, _ = engine.generate(variables["params"], variables["batch_stats"], z, key, train=False,
+                           slope=engine.slope(step))
   if binarize == "bernoulli":
     # tanh output -> probability of a sounding cell; binary-neuron outputs stay as they are.
     return jax.random.bernoulli(jax.random.fold_in(key, 1), (out + 1.0) / 2.0)
@@ -138,7 +140,8 @@ def decode_latents(gen: Generator, z: jax.Array, key: jax.Array, *,
   mesh = gen.engine.mesh
   if z.shape[0] % mesh.size == 0:
     z = jax.device_put(z, shard_lib.batch(mesh))
-  return np.asarray(jax.device_get(_generate(gen.engine, gen.variables, z, key, binarize)))
+  return np.asarray(jax.device_get(
+      _generate(gen.engine, gen.variables, z, key, gen.step, binarize)))
 
 
 def sample(gen: Generator, key: jax.Array, num: int, *, bars: int | None = None,
