@@ -19,6 +19,24 @@ def _add_distributed_flags(p: argparse.ArgumentParser) -> None:
                  help="auto-detect a Cloud TPU pod or SLURM job and join it")
 
 
+def _add_render_flags(p: argparse.ArgumentParser, *, choose: bool = True) -> None:
+  g = p.add_argument_group("audio (the FluidSynth program and a General MIDI SoundFont)")
+  if choose:
+    g.add_argument("--render", choices=("wav",), help="also write a .wav beside each .mid")
+  g.add_argument("--soundfont", help=".sf2 file (default $JAXGAN_SOUNDFONT or a standard path)")
+  g.add_argument("--sample-rate", type=int, default=44100, help="Hz")
+
+
+def _render_wavs(command: str, args, midis: list[str], out_dir: str | None = None) -> int:
+  from jaxgan import render  # pylint: disable=import-outside-toplevel
+  wavs, errors = render.render_many(midis, out_dir=out_dir, soundfont=args.soundfont,
+                                    sample_rate=args.sample_rate)
+  for e in errors:
+    print(f"jaxgan {command}: {e}", file=sys.stderr)
+  print(f"rendered {len(wavs)} WAV files" + (f", {len(errors)} failed" if errors else ""))
+  return 1 if errors else 0
+
+
 def _init_distributed(args) -> None:
   from jaxgan import distributed  # pylint: disable=import-outside-toplevel
   distributed.initialize(args.coordinator, args.num_processes, args.process_id,
@@ -51,7 +69,8 @@ def cmd_profile(args, extra) -> int:
   config = config_lib.load_config(args.config, extra)
   from jaxgan import profile  # pylint: disable=import-outside-toplevel
   result = profile.profile(config, args.workdir, steps=args.steps, warmup=args.warmup,
-                           trace_steps=args.trace_steps, data_mode=args.data_mode)
+                           trace_steps=args.trace_steps, data_mode=args.data_mode,
+                           input=args.input)
   if args.json:
     import json  # pylint: disable=import-outside-toplevel
     print(json.dumps(result, indent=2))
@@ -65,7 +84,9 @@ def cmd_sample(args, extra) -> int:
     raise SystemExit(f"jaxgan sample: unexpected arguments {extra}")
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from jaxgan import evaluate, metrics, sample  # pylint: disable=import-outside-toplevel
+  from jaxgan import evaluate, metrics, render, sample  # pylint: disable=import-outside-toplevel
+  if args.render:  # a missing program or SoundFont fails before sampling, not after
+    render.check_setup(args.soundfont, args.sample_rate)
   gen = sample.Generator.from_workdir(args.workdir, use_ema=not args.no_ema)
   sample.check_options(gen.config, num=args.num, bars=args.bars)
   key = jax.random.PRNGKey(args.seed)
@@ -87,7 +108,41 @@ def cmd_sample(args, extra) -> int:
   print(metrics.summary_table({"generated": values}, spec))
   print(f"wrote {len(paths)} MIDI files, samples.png and metrics.json to {args.out} "
         f"(checkpoint step {gen.step})")
+  if args.render:
+    return _render_wavs("sample", args, paths)
   return 0
+
+
+def cmd_render(args, extra) -> int:
+  if extra:
+    raise SystemExit(f"jaxgan render: unexpected arguments {extra}")
+  return _render_wavs("render", args, args.files, out_dir=args.out)
+
+
+def cmd_gallery(args, extra) -> int:
+  if extra:
+    raise SystemExit(f"jaxgan gallery: unexpected arguments {extra}")
+  from jaxgan import gallery, render  # pylint: disable=import-outside-toplevel
+  if not (args.workdir or args.samples):
+    raise SystemExit("jaxgan gallery: give --workdir, --samples or both")
+  folder = args.samples or os.path.join(args.workdir, "gallery")
+  if args.render:
+    render.check_setup(args.soundfont, args.sample_rate)
+  if not gallery.find_midis(folder):
+    if not args.workdir:
+      raise SystemExit(f"jaxgan gallery: no MIDI files in {folder}; give --workdir to sample")
+    # Exactly what `jaxgan sample` does: MIDI files, samples.png and metrics.json.
+    code = cmd_sample(build_parser().parse_args(
+        ["sample", "--workdir", args.workdir, "--out", folder, "--num", str(args.num or 8)]), [])
+    if code:
+      return code
+  midis = gallery.find_midis(folder)[:args.num]
+  stale = render.stale(midis) if args.render else []
+  code = _render_wavs("gallery", args, stale) if stale else 0
+  grid = gallery.run_grid(args.workdir) if args.workdir else None
+  page = gallery.build_gallery(folder, args.out, num=args.num, grid=grid)
+  print(f"wrote {page} ({len(midis)} samples)")
+  return code
 
 
 def cmd_eval(args, extra) -> int:
@@ -140,7 +195,22 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--binarize", default="threshold", choices=("threshold", "bernoulli"))
   p.add_argument("--tempo", type=float, default=100.0, help="quarter notes per minute")
   p.add_argument("--no-ema", action="store_true", help="use the raw generator, not its EMA")
+  _add_render_flags(p)
   p.set_defaults(func=cmd_sample)
+
+  p = sub.add_parser("render", help="MIDI files to WAV audio (FluidSynth, General MIDI)")
+  p.add_argument("files", nargs="+", metavar="FILE.mid")
+  p.add_argument("--out", help="folder for the WAVs (default: beside each MIDI file)")
+  _add_render_flags(p, choose=False)
+  p.set_defaults(func=cmd_render)
+
+  p = sub.add_parser("gallery", help="an HTML page of samples: piano-rolls, audio, metrics")
+  p.add_argument("--workdir", help="a train workdir; samples it when --samples has none")
+  p.add_argument("--samples", help="folder of samples (default WORKDIR/gallery)")
+  p.add_argument("--out", help="the HTML file (default SAMPLES/index.html)")
+  p.add_argument("--num", type=int, help="samples to show (and to make when there are none: 8)")
+  _add_render_flags(p)
+  p.set_defaults(func=cmd_gallery)
 
   p = sub.add_parser("eval", help="musical metrics: data vs generated, per track")
   p.add_argument("--workdir", required=True)
@@ -157,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--warmup", type=int, default=5)
   p.add_argument("--trace-steps", type=int, default=5, help="steps in the profiler trace")
   p.add_argument("--data-mode", default="shard", choices=("shard", "replicate"))
+  p.add_argument("--input", default="pipeline", choices=("pipeline", "synthetic"),
+                 help="synthetic: one random on-device batch, timing the step alone")
   p.add_argument("--json", action="store_true", help="machine-readable output")
   _add_distributed_flags(p)
   p.set_defaults(func=cmd_profile)
@@ -170,11 +242,15 @@ def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
   args, extra = parser.parse_known_args(argv)
   from jaxgan.config import ConfigError  # pylint: disable=import-outside-toplevel
+  from jaxgan.render import RenderError  # pylint: disable=import-outside-toplevel
   try:
     return args.func(args, extra)
   except ConfigError as e:  # a bad key or value: one clear line, exit status 2
     print(f"jaxgan {args.command}: {e}", file=sys.stderr)
     return 2
+  except RenderError as e:  # no FluidSynth or SoundFont: the message says how to install them
+    print(f"jaxgan {args.command}: {e}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

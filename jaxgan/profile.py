@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -67,20 +68,49 @@ def _peak_memory() -> int | None:
   return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
 
 
-def profile(config, workdir: str, *, steps: int = 50, warmup: int = 5, trace_steps: int = 5,
-            data_mode: str = "shard") -> dict[str, Any]:
-  """Times `steps` train steps of `config` after `warmup`; returns the figures as a dict."""
-  from jaxgan import train  # pylint: disable=import-outside-toplevel
-  from jaxgan.data import pipeline  # pylint: disable=import-outside-toplevel
+INPUTS = ("pipeline", "synthetic")
 
+
+def synthetic_batches(config, mesh) -> Iterator[dict[str, jax.Array]]:
+  """One random device-resident batch, repeated: the step alone, with no input pipeline (and no
+  TensorFlow), e.g. on an accelerator machine without the data stack."""
+  from jaxgan import config as config_lib  # pylint: disable=import-outside-toplevel
+
+  shape = (config.loss.n_critic, config.train.global_batch) + config_lib.data_shape(config)
+  sharding = shard_lib.batch(mesh, leading=1)
+  make = jax.jit(lambda key: {
+      "pianoroll": jax.random.bernoulli(key, 0.05, shape).astype(jnp.uint8),
+      "style": jnp.zeros(shape[:2], jnp.int32)}, out_shardings=sharding)
+  batch = make(jax.random.PRNGKey(config.train.seed))
+  while True:
+    yield batch
+
+
+def profile(config, workdir: str, *, steps: int = 50, warmup: int = 5, trace_steps: int = 5,
+            data_mode: str = "shard", input: str = "pipeline") -> dict[str, Any]:
+  """Times `steps` train steps of `config` after `warmup`; returns the figures as a dict.
+
+  input="synthetic" feeds one random device-resident batch instead of the tf.data pipeline.
+  """
+  from jaxgan import train  # pylint: disable=import-outside-toplevel
+
+  if input not in INPUTS:
+    raise ValueError(f"input={input!r}; allowed: {', '.join(INPUTS)}")
   os.makedirs(workdir, exist_ok=True)
   tc = config.train
   mesh = shard_lib.make_mesh(tc.mesh_data, tc.mesh_fsdp)
-  pipeline.check_batch(config, mesh, jax.process_count())
+  if tc.global_batch % mesh.size:
+    raise ValueError(f"train.global_batch={tc.global_batch} is not divisible by the number of "
+                     f"devices ({mesh.size})")
   engine = train.Engine(config, mesh)
   state = engine.init(jax.jit(lambda: jax.random.PRNGKey(tc.seed),
                               out_shardings=shard_lib.replicated(mesh))())
-  batches = pipeline.train_iterator(config, mesh, data_mode=data_mode)
+  if input == "synthetic":
+    batches = synthetic_batches(config, mesh)
+  else:
+    from jaxgan.data import pipeline  # pylint: disable=import-outside-toplevel
+    pipeline.check_batch(config, mesh, jax.process_count())
+    batches = pipeline.train_iterator(config, mesh, data_mode=data_mode)
   batch = next(batches)
   t = time.perf_counter()
   compiled = engine.step.lower(state, batch).compile()
@@ -121,6 +151,7 @@ def profile(config, workdir: str, *, steps: int = 50, warmup: int = 5, trace_ste
       "config": config.get("name", ""),
       "device": f"{devices} x {jax.devices()[0].device_kind}",
       "jax": jax.__version__,
+      "input": input,
       "global_batch": tc.global_batch,
       "n_critic": config.loss.n_critic,
       "compile_s": compile_s,
@@ -147,6 +178,7 @@ def format_table(r: dict[str, Any]) -> str:
   mem = r["peak_memory_bytes"]
   rows = [
       ("device", r["device"]), ("jax", r["jax"]),
+      ("input", r.get("input", "pipeline")),
       ("global batch x n_critic", f"{r['global_batch']} x {r['n_critic']}"),
       ("compile time", f"{r['compile_s']:.1f} s"),
       ("step time p50 / p90 / max", f"{r['step_ms_p50']:.1f} / {r['step_ms_p90']:.1f} / "
