@@ -89,6 +89,8 @@ def cmd_sample(args, extra) -> int:
     render.check_setup(args.soundfont, args.sample_rate)
   gen = sample.Generator.from_workdir(args.workdir, use_ema=not args.no_ema)
   sample.check_options(gen.config, num=args.num, bars=args.bars)
+  if args.style is not None:
+    gen.style_id(args.style)  # an unknown style fails here, listing the known ones
   key = jax.random.PRNGKey(args.seed)
   rolls = []
   chunk = 256
@@ -96,7 +98,7 @@ def cmd_sample(args, extra) -> int:
   for start in tqdm(range(0, args.num, chunk), disable=args.num <= chunk, unit="chunk"):
     rolls.append(sample.sample(gen, jax.random.fold_in(key, start), min(chunk, args.num - start),
                                bars=args.bars, truncation=args.truncation,
-                               binarize=args.binarize))
+                               binarize=args.binarize, style=args.style))
   rolls = np.concatenate(rolls)
   paths = sample.write_samples(gen, rolls, args.out, tempo=args.tempo)
   spec = evaluate.roll_spec(gen)
@@ -111,6 +113,45 @@ def cmd_sample(args, extra) -> int:
   if args.render:
     return _render_wavs("sample", args, paths)
   return 0
+
+
+def _restore(args, extra, command: str) -> int:
+  if extra:
+    raise SystemExit(f"jaxgan {command}: unexpected arguments {extra}")
+  import jax  # pylint: disable=import-outside-toplevel
+  from jaxgan import restore, sample  # pylint: disable=import-outside-toplevel
+  from jaxgan.midi.io import MidiError  # pylint: disable=import-outside-toplevel
+  gen = sample.Generator.from_workdir(args.workdir, use_ema=not args.no_ema)
+  if args.style is not None:
+    gen.style_id(args.style)
+  key = jax.random.PRNGKey(args.seed)
+  try:
+    if command == "inpaint":
+      midi = restore.inpaint(gen, args.input, restore.parse_bars(args.bars), key,
+                             candidates=args.candidates, style=args.style)
+    else:
+      given = [g.strip() for g in args.given.split(",") if g.strip()]
+      midi = restore.accompany(gen, args.input, given, key, candidates=args.candidates,
+                               style=args.style)
+  except MidiError as e:
+    print(f"jaxgan {command}: {e}", file=sys.stderr)
+    return 1
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  midi.dump(args.out)
+  how = ("conditional generator" if gen.engine.cond["context"]
+         else f"best of {args.candidates} unconditional samples")
+  print(f"wrote {args.out} (checkpoint step {gen.step}, {how})")
+  if args.render:
+    return _render_wavs(command, args, [args.out])
+  return 0
+
+
+def cmd_inpaint(args, extra) -> int:
+  return _restore(args, extra, "inpaint")
+
+
+def cmd_accompany(args, extra) -> int:
+  return _restore(args, extra, "accompany")
 
 
 def cmd_render(args, extra) -> int:
@@ -195,8 +236,28 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--binarize", default="threshold", choices=("threshold", "bernoulli"))
   p.add_argument("--tempo", type=float, default=100.0, help="quarter notes per minute")
   p.add_argument("--no-ema", action="store_true", help="use the raw generator, not its EMA")
+  p.add_argument("--style", help="a style of a style-conditioned run (default: random)")
   _add_render_flags(p)
   p.set_defaults(func=cmd_sample)
+
+  for name, text in (("inpaint", "regenerate bars of a MIDI file (music restoration)"),
+                     ("accompany", "generate the other tracks around given ones")):
+    p = sub.add_parser(name, help=text)
+    p.add_argument("--workdir", required=True, help="a train workdir (latest checkpoint)")
+    p.add_argument("--input", required=True, help="the MIDI file")
+    if name == "inpaint":
+      p.add_argument("--bars", required=True, help="bars to regenerate, 1-based: 5-8 or 5-8,12")
+    else:
+      p.add_argument("--given", required=True,
+                     help="track name(s) the file holds, comma-separated (e.g. soprano)")
+    p.add_argument("--out", required=True, help="the MIDI file to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--candidates", type=int, default=64,
+                   help="runs without conditioning: latents searched for the best fit")
+    p.add_argument("--style", help="a style of a style-conditioned run")
+    p.add_argument("--no-ema", action="store_true", help="use the raw generator, not its EMA")
+    _add_render_flags(p)
+    p.set_defaults(func=cmd_inpaint if name == "inpaint" else cmd_accompany)
 
   p = sub.add_parser("render", help="MIDI files to WAV audio (FluidSynth, General MIDI)")
   p.add_argument("files", nargs="+", metavar="FILE.mid")

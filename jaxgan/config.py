@@ -75,6 +75,17 @@ def base_config() -> ConfigDict:
   c.g_optim = optim_config(1e-3)
   c.d_optim = optim_config(1e-3)
 
+  # Conditional generation. The generator always sees a context piano-roll and a mask of the
+  # (bar, track) cells that are given; training draws, per example, one of: random bars to fill
+  # (infilling / restoration), random given tracks (accompaniment), or nothing given.
+  c.conditioning = ConfigDict()
+  c.conditioning.infill = 0.0        # share of examples with a random span of bars to fill
+  c.conditioning.accompany = 0.0     # share of examples with random given tracks
+  c.conditioning.style = False       # class-conditional G + projection D on the data's styles
+  c.conditioning.styles = ()         # style names; () = the data set's, filled at train time
+  c.conditioning.context_features = 128
+  c.conditioning.style_features = 32
+
   c.train = ConfigDict()
   c.train.seed = 0
   c.train.global_batch = 16          # examples per D update, over all devices and hosts
@@ -259,6 +270,24 @@ def validate(config: ConfigDict) -> None:
     raise ConfigError(
         f"data.lowest_pitch={config.data.lowest_pitch}, data.num_pitches="
         f"{config.data.num_pitches}: the range must lie within MIDI pitches 0..127")
+  cc = config.conditioning
+  for key in ("infill", "accompany"):
+    v = cc[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+      raise ConfigError(f"conditioning.{key}={v!r} must be a share in [0, 1]")
+  if cc.infill + cc.accompany > 1.0:
+    raise ConfigError(f"conditioning.infill + conditioning.accompany = "
+                      f"{cc.infill + cc.accompany} must be <= 1")
+  if cc.infill > 0 and config.data.n_bars < 2:
+    raise ConfigError("conditioning.infill needs data.n_bars >= 2 (a bar to give, one to fill)")
+  if cc.accompany > 0 and config.data.num_tracks < 2:
+    raise ConfigError("conditioning.accompany needs data.num_tracks >= 2")
+  if not isinstance(cc.style, bool):
+    raise ConfigError(f"conditioning.style={cc.style!r} must be true or false")
+  for key in ("context_features", "style_features"):
+    v = cc[key]
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+      raise ConfigError(f"conditioning.{key}={v!r} must be a positive integer")
   # Sections owned by other modules validate themselves.
   from jaxgan import models, optim  # pylint: disable=import-outside-toplevel
   for name in ("g_optim", "d_optim"):
@@ -267,7 +296,7 @@ def validate(config: ConfigDict) -> None:
     except ValueError as e:
       raise ConfigError(f"{name}: {e}") from None
   try:
-    models.build(config.model, data_shape(config))
+    models.build(config.model, data_shape(config), conditioning(config, num_styles=1))
   except ValueError as e:
     raise ConfigError(f"model: {e}") from None
 
@@ -281,3 +310,17 @@ def data_shape(config: ConfigDict) -> tuple[int, int, int, int]:
   """(bars, steps per bar, pitches, tracks) of one training example."""
   d = config.data
   return (d.n_bars, steps_per_bar(config), d.num_pitches, d.num_tracks)
+
+
+def conditioning(config: ConfigDict, *, num_styles: int | None = None) -> dict[str, Any]:
+  """What the models are conditioned on: {"context": bool, "num_styles": int, feature sizes}.
+
+  num_styles defaults to len(conditioning.styles) when style conditioning is on.
+  """
+  cc = config.get("conditioning") or base_config().conditioning
+  styles = 0
+  if cc.style:
+    styles = len(tuple(cc.styles)) if num_styles is None else num_styles
+  return {"context": bool(cc.infill > 0 or cc.accompany > 0), "num_styles": int(styles),
+          "context_features": int(cc.context_features),
+          "style_features": int(cc.style_features)}

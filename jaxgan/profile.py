@@ -102,6 +102,7 @@ def profile(config, workdir: str, *, steps: int = 50, warmup: int = 5, trace_ste
   if tc.global_batch % mesh.size:
     raise ValueError(f"train.global_batch={tc.global_batch} is not divisible by the number of "
                      f"devices ({mesh.size})")
+  train.resolve_styles(config)
   engine = train.Engine(config, mesh)
   state = engine.init(jax.jit(lambda: jax.random.PRNGKey(tc.seed),
                               out_shardings=shard_lib.replicated(mesh))())

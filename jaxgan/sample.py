@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
+from jaxgan import models
 from jaxgan import sharding as shard_lib
 from jaxgan.midi import io as midi_io
 from jaxgan.midi import pianoroll
@@ -87,13 +88,40 @@ class Generator:
   def write_midi(self, roll: np.ndarray, path: str, *, tempo: float = 100.0) -> None:
     midi_io.write_midi(self.to_song(roll, tempo=tempo, source=path), path)
 
+  @property
+  def style_names(self) -> tuple[str, ...]:
+    """The styles a style-conditioned run knows (empty for other runs)."""
+    cc = self.config.conditioning
+    return tuple(cc.styles) if cc.style else ()
+
+  def style_id(self, name: str) -> int:
+    names = self.style_names
+    if not names:
+      raise config_lib.ConfigError(
+          "--style: this run was not trained with style conditioning "
+          "(train with --config.conditioning.style=true on a data set with styles)")
+    if name not in names:
+      raise config_lib.ConfigError(
+          f"--style={name!r} is not a style of this run; known styles: {', '.join(names)}")
+    return names.index(name)
+
+  def condition(self, num: int, *, style: str | None = None, key: jax.Array | None = None):
+    """Nothing given, with `style` (or random styles) for every piece; None if unconditional."""
+    if style is not None:
+      ids = jnp.full([num], self.style_id(style), jnp.int32)
+      return models.empty_condition(self.engine.data_shape, num, ids) if (
+          self.engine.conditional) else None
+    if not self.engine.conditional:
+      return None
+    return self.engine.empty_condition(key if key is not None else jax.random.PRNGKey(0), num)
+
 
 @functools.partial(jax.jit, static_argnums=(0, 5))
-def _generate(engine, variables, z, key, step, binarize: str) -> jax.Array:
+def _generate(engine, variables, z, key, step, binarize: str, cond=None) -> jax.Array:
   """One compiled function per (engine, shape, mode): latents -> bool piano-rolls."""
   # The binary-neuron slope the run had reached, as in training's own samples.
   out, _ = engine.generate(variables["params"], variables["batch_stats"], z, key, train=False,
-                           slope=engine.slope(step))
+                           slope=engine.slope(step), cond=cond)
   if binarize == "bernoulli":
     # tanh output -> probability of a sounding cell; binary-neuron outputs stay as they are.
     return jax.random.bernoulli(jax.random.fold_in(key, 1), (out + 1.0) / 2.0)
@@ -133,37 +161,49 @@ def slerp(a: jax.Array, b: jax.Array, t: jax.Array) -> jax.Array:
 
 
 def decode_latents(gen: Generator, z: jax.Array, key: jax.Array, *,
-                   binarize: str = "threshold") -> np.ndarray:
-  """[N, latent] -> bool piano-rolls [N, bars, steps, pitches, tracks], sharded when N is large."""
+                   binarize: str = "threshold", cond=None) -> np.ndarray:
+  """[N, latent] -> bool piano-rolls [N, bars, steps, pitches, tracks], sharded when N is large.
+
+  `cond`: the condition of a conditional run (see models/conditional.py); None = nothing given.
+  """
   if binarize not in BINARIZE:
     raise ValueError(f"binarize={binarize!r} is not one of {BINARIZE}")
   mesh = gen.engine.mesh
+  if cond is None:
+    cond = gen.condition(z.shape[0], key=key)
   if z.shape[0] % mesh.size == 0:
     z = jax.device_put(z, shard_lib.batch(mesh))
+    if cond is not None:
+      cond = jax.device_put(cond, shard_lib.batch(mesh))
   return np.asarray(jax.device_get(
-      _generate(gen.engine, gen.variables, z, key, gen.step, binarize)))
+      _generate(gen.engine, gen.variables, z, key, gen.step, binarize, cond)))
 
 
 def sample(gen: Generator, key: jax.Array, num: int, *, bars: int | None = None,
            truncation: float | None = None, binarize: str = "threshold",
-           walk_step: float = 0.35) -> np.ndarray:
+           walk_step: float = 0.35, style: str | None = None) -> np.ndarray:
   """`num` pieces of `bars` bars (default: one phrase) as bool piano-rolls.
 
   Pieces longer than the trained phrase chain phrases along a latent walk. Deterministic for a
-  given key.
+  given key. `style` names a style of a style-conditioned run (default: a random style per
+  piece).
   """
   bars = bars or gen.bars_per_phrase
   phrases = -(-bars // gen.bars_per_phrase)
   kz, kb = jax.random.split(key)
+  cond = gen.condition(num, style=style, key=kb)
+  if cond is not None:  # every phrase of a piece keeps the piece's style
+    cond = jax.tree.map(lambda x: jnp.repeat(x, phrases, axis=0), cond)
   z = latent_walk(kz, num, phrases, gen.engine.latent_size, step=walk_step,
                   truncation=truncation).reshape(num * phrases, -1)
-  rolls = decode_latents(gen, z, kb, binarize=binarize)
+  rolls = decode_latents(gen, z, kb, binarize=binarize, cond=cond)
   rolls = rolls.reshape((num, phrases * gen.bars_per_phrase) + rolls.shape[2:])
   return rolls[:, :bars]
 
 
 def interpolate(gen: Generator, key_a: jax.Array, key_b: jax.Array, steps: int, *,
-                method: str = "slerp", binarize: str = "threshold") -> np.ndarray:
+                method: str = "slerp", binarize: str = "threshold",
+                style: str | None = None) -> np.ndarray:
   """One piece that morphs from seed a to seed b: `steps` phrases, [steps * bars, ...]."""
   if method not in ("lerp", "slerp"):
     raise ValueError(f"method={method!r} is not one of ('lerp', 'slerp')")
@@ -171,7 +211,10 @@ def interpolate(gen: Generator, key_a: jax.Array, key_b: jax.Array, steps: int, 
   a, b = latents(key_a, 1, size), latents(key_b, 1, size)
   t = jnp.linspace(0.0, 1.0, steps)[:, None]
   z = slerp(a, b, t) if method == "slerp" else (1 - t) * a + t * b
-  rolls = decode_latents(gen, z, jax.random.fold_in(key_a, 7), binarize=binarize)
+  cond = gen.condition(1, style=style, key=key_a)
+  if cond is not None:  # one style for the whole morph
+    cond = jax.tree.map(lambda x: jnp.repeat(x, steps, axis=0), cond)
+  rolls = decode_latents(gen, z, jax.random.fold_in(key_a, 7), binarize=binarize, cond=cond)
   return rolls.reshape((-1,) + rolls.shape[2:])
 
 

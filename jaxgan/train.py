@@ -42,7 +42,12 @@ class Engine:
     self.config = config
     self.mesh = mesh
     self.data_shape = config_lib.data_shape(config)
-    self.generator, self.discriminator = models.build(config.model, self.data_shape)
+    self.cond = config_lib.conditioning(config)
+    if config.conditioning.style and not self.cond["num_styles"]:
+      raise config_lib.ConfigError("conditioning.style is on but conditioning.styles is empty: "
+                                   "train fills it from the data set (see resolve_styles)")
+    self.conditional = bool(self.cond["context"] or self.cond["num_styles"])
+    self.generator, self.discriminator = models.build(config.model, self.data_shape, self.cond)
     self.latent_size = int(self.generator.latent_size)
     self.g_tx = optim.make_optimizer(config.g_optim)
     self.d_tx = optim.make_optimizer(config.d_optim)
@@ -63,8 +68,11 @@ class Engine:
   def _init(self, rng: jax.Array) -> State:
     g_key, d_key, rng = jax.random.split(rng, 3)
     z = jnp.zeros([1, self.latent_size], jnp.float32)
-    g_vars = self.generator.init(g_key, z, train=False, rng=g_key)
-    d_vars = self.discriminator.init(d_key, jnp.zeros((1,) + self.data_shape, jnp.float32))
+    g_vars = self.generator.init(g_key, z, train=False, rng=g_key,
+                                 **self._cond_kwargs(self.empty_condition(g_key, 1)))
+    style = jnp.zeros([1], jnp.int32) if self.cond["num_styles"] else None
+    d_vars = self.discriminator.init(d_key, jnp.zeros((1,) + self.data_shape, jnp.float32),
+                                     style)
     g_params, d_params = g_vars["params"], d_vars["params"]
     return {
         "step": jnp.zeros([], jnp.int32),
@@ -88,14 +96,43 @@ class Engine:
     z = jax.random.normal(key, [num, self.latent_size], jnp.float32)
     return jax.lax.with_sharding_constraint(z, shard_lib.batch(self.mesh))
 
-  def generate(self, g_params, g_stats, z, key, *, train: bool, slope):
-    """Generator output in [-1, 1]; with train=True also the updated batch statistics."""
+  def empty_condition(self, key: jax.Array, num: int) -> dict[str, jax.Array] | None:
+    """Nothing given (and uniformly random styles): unconditional sampling of any model."""
+    if not self.conditional:
+      return None
+    style = None
+    if self.cond["num_styles"]:
+      style = jax.random.randint(jax.random.fold_in(key, 0x5717), [num], 0,
+                                 self.cond["num_styles"])
+    return models.empty_condition(self.data_shape, num, style)
+
+  def _cond_kwargs(self, cond) -> dict:
+    # Unconditional generators take no `cond` argument at all.
+    return {"cond": cond} if self.conditional else {}
+
+  def generate(self, g_params, g_stats, z, key, *, train: bool, slope, cond=None):
+    """Generator output in [-1, 1]; with train=True also the updated batch statistics.
+
+    `cond` (conditional models only; None = nothing given, random styles): see
+    models/conditional.py.
+    """
     variables = {"params": g_params, "batch_stats": g_stats}
+    if self.conditional and cond is None:
+      cond = self.empty_condition(key, z.shape[0])
+    kw = self._cond_kwargs(cond)
     if train:
       out, updates = self.generator.apply(variables, z, train=True, slope=slope, rng=key,
-                                          mutable=["batch_stats"])
+                                          mutable=["batch_stats"], **kw)
       return out, updates.get("batch_stats", g_stats)
-    return self.generator.apply(variables, z, train=False, slope=slope, rng=key), g_stats
+    return self.generator.apply(variables, z, train=False, slope=slope, rng=key, **kw), g_stats
+
+  def training_condition(self, key, real, style):
+    if not self.conditional:
+      return None
+    cc = self.config.conditioning
+    return models.training_condition(
+        key, real, style if self.cond["num_styles"] else None,
+        infill=float(cc.infill), accompany=float(cc.accompany))
 
   def slope(self, step: jax.Array) -> jax.Array:
     """Binary-neuron slope annealing (BinaryMuseGAN): rate ** (step / every)."""
@@ -114,33 +151,37 @@ class Engine:
 
   def _train_step(self, state: State, batch: dict[str, jax.Array]) -> tuple[State, dict]:
     lc = self.config.loss
-    d_fn = lambda params, x: self.discriminator.apply({"params": params}, x)
+    styled = bool(self.cond["num_styles"])
+    d_fn = lambda params, x, style: self.discriminator.apply(
+        {"params": params}, x, style if styled else None)
     real_all = jnp.where(batch["pianoroll"] > 0, 1.0, -1.0).astype(jnp.float32)
+    style_all = batch["style"].astype(jnp.int32)
     n_batches, batch_size = real_all.shape[:2]
     rng, d_rng, g_rng = jax.random.split(state["rng"], 3)
     slope = self.slope(state["step"])
 
-    def d_loss_fn(d_params, real, fake, key):
-      real_logits, fake_logits = d_fn(d_params, real), d_fn(d_params, fake)
+    def d_loss_fn(d_params, real, fake, style, key):
+      real_logits, fake_logits = d_fn(d_params, real, style), d_fn(d_params, fake, style)
       loss = losses.d_loss(lc.kind, real_logits, fake_logits)
       gp = r1 = jnp.zeros([], jnp.float32)
       if lc.gp_weight > 0:
-        gp = losses.gradient_penalty(lambda x: d_fn(d_params, x), real, fake, key)
+        gp = losses.gradient_penalty(lambda x: d_fn(d_params, x, style), real, fake, key)
         loss = loss + lc.gp_weight * gp
       if lc.r1_gamma > 0:
-        r1 = losses.r1_penalty(lambda x: d_fn(d_params, x), real)
+        r1 = losses.r1_penalty(lambda x: d_fn(d_params, x, style), real)
         loss = loss + lc.r1_gamma * r1
       return loss, dict(d_loss=loss, gp=gp, r1=r1, d_real=real_logits.mean(),
                         d_fake=fake_logits.mean())
 
     def d_update(i, carry):
       d_params, d_opt, _ = carry
-      key_z, key_gp, key_bin = jax.random.split(jax.random.fold_in(d_rng, i), 3)
-      real = real_all[i % n_batches]
+      key_z, key_gp, key_bin, key_cond = jax.random.split(jax.random.fold_in(d_rng, i), 4)
+      real, style = real_all[i % n_batches], style_all[i % n_batches]
       fake, _ = self.generate(state["g"], state["g_stats"], self.latents(key_z, batch_size),
-                              key_bin, train=True, slope=slope)
+                              key_bin, train=True, slope=slope,
+                              cond=self.training_condition(key_cond, real, style))
       grads, metrics = jax.grad(d_loss_fn, has_aux=True)(
-          d_params, real, jax.lax.stop_gradient(fake), key_gp)
+          d_params, real, jax.lax.stop_gradient(fake), style, key_gp)
       updates, d_opt = self.d_tx.update(grads, d_opt, d_params)
       metrics["d_grad_norm"] = optax.tree_utils.tree_norm(grads)
       return optax.apply_updates(d_params, updates), d_opt, metrics
@@ -151,13 +192,14 @@ class Engine:
     d_params, d_opt, d_metrics = jax.lax.fori_loop(
         0, n_critic, d_update, (state["d"], state["d_opt"], empty))
 
-    key_z, key_bin = jax.random.split(g_rng)
+    key_z, key_bin, key_cond = jax.random.split(g_rng, 3)
     z = self.latents(key_z, batch_size)
+    g_cond = self.training_condition(key_cond, real_all[0], style_all[0])
 
     def g_loss_fn(g_params):
       fake, stats = self.generate(g_params, state["g_stats"], z, key_bin, train=True,
-                                  slope=slope)
-      return losses.g_loss(lc.kind, d_fn(d_params, fake)), stats
+                                  slope=slope, cond=g_cond)
+      return losses.g_loss(lc.kind, d_fn(d_params, fake, style_all[0])), stats
 
     (g_loss, g_stats), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state["g"])
     updates, g_opt = self.g_tx.update(g_grads, state["g_opt"], state["g"])
@@ -176,7 +218,8 @@ class Engine:
 
   @functools.cached_property
   def sample_ema(self) -> Callable[[State, jax.Array, int], jax.Array]:
-    """(state, key, num) -> bool piano-rolls [num, bars, steps, pitches, tracks]."""
+    """(state, key, num) -> bool piano-rolls [num, bars, steps, pitches, tracks]; conditional
+    models sample with nothing given (and random styles)."""
 
     @functools.partial(jax.jit, static_argnums=2)
     def sample(state, key, num):
@@ -228,6 +271,23 @@ def save_config(config, workdir: str) -> None:
       f.write(config.to_json_best_effort(indent=2))
 
 
+def resolve_styles(config) -> None:
+  """With conditioning.style on and no names given, takes the data set's style names."""
+  cc = config.conditioning
+  if not cc.style or tuple(cc.styles):
+    return
+  d = config.data
+  if d.name == "synthetic":
+    from jaxgan.data import pipeline  # pylint: disable=import-outside-toplevel
+    names = pipeline.synthetic_style_names(config)
+  else:
+    from jaxgan.data import prepare  # pylint: disable=import-outside-toplevel
+    names = prepare.dataset_info(d.name, data_dir=d.data_dir or None).styles
+  if not names:
+    raise config_lib.ConfigError(f"conditioning.style: data set {d.name!r} has no styles")
+  cc.styles = tuple(names)
+
+
 def load_run_config(workdir: str):
   """The config a workdir was trained with (saved as config.json when training starts)."""
   path = os.path.join(workdir, "config.json")
@@ -236,6 +296,9 @@ def load_run_config(workdir: str):
   with open(path) as f:
     config = config_lib.ConfigDict(json.load(f))
   config.data.meter = tuple(config.data.meter)
+  if "conditioning" not in config:  # runs from before conditioning existed
+    config.conditioning = config_lib.base_config().conditioning
+  config.conditioning.styles = tuple(config.conditioning.styles)
   return config
 
 
@@ -282,6 +345,7 @@ def train_and_evaluate(config, workdir: str, *, data_mode: str = "shard",
     _enable_compilation_cache(workdir)
   mesh = shard_lib.make_mesh(tc.mesh_data, tc.mesh_fsdp)
   pipeline.check_batch(config, mesh, jax.process_count())
+  resolve_styles(config)
   engine = Engine(config, mesh)
   save_config(config, workdir)
   is_lead = jax.process_index() == 0

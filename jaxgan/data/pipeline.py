@@ -126,9 +126,14 @@ def synthetic_songs(config, num_songs: int = 64) -> list[dict]:
     for step in range(0, bars * spb, beat):
       for t, p in enumerate(pitches):
         notes.append((t, d.lowest_pitch + p, step, beat, 80))
-    songs.append(dict(notes=np.asarray(notes, np.int32), num_bars=bars, style=0,
-                      source=f"synthetic/{i}"))
+    # Each chord pattern is a "style", so style conditioning can be tested on this data.
+    songs.append(dict(notes=np.asarray(notes, np.int32), num_bars=bars,
+                      style=i % len(patterns), source=f"synthetic/{i}"))
   return songs
+
+
+def synthetic_style_names(config) -> tuple[str, ...]:
+  return tuple(f"pattern{k}" for k in range(config.data.synthetic_patterns))
 
 
 def load_song_table(config, split: str, *, process_index: int = 0, process_count: int = 1,

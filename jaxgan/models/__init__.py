@@ -1,6 +1,11 @@
 """MuseGAN-family models: presets, the (generator, discriminator) factory and building blocks."""
 
 from jaxgan.models.binary import BINARIZE_MODES, activate, binarize_output
+from jaxgan.models.conditional import (
+  ConditionalGenerator,
+  empty_condition,
+  training_condition,
+)
 from jaxgan.models.musegan import (
   HybridDiscriminator,
   HybridGenerator,
@@ -20,6 +25,7 @@ from jaxgan.models.presets import (
 
 __all__ = [
   "BINARIZE_MODES",
+  "ConditionalGenerator",
   "HybridDiscriminator",
   "HybridGenerator",
   "PRESETS",
@@ -31,7 +37,9 @@ __all__ = [
   "build",
   "check_compatible",
   "count_params",
+  "empty_condition",
   "init_shapes",
   "latent_size",
   "model_config",
+  "training_condition",
 ]

@@ -11,9 +11,9 @@ the module's output mode (e.g. "threshold" when sampling a model trained with "n
 stochastic modes draw from `rng` or, when it is None, from the "binary" RNG stream
 (`rngs={"binary": key}`, also needed by `init` for such a module). `slope` scales the
 pre-activation of the binary neurons (slope annealing). Every discriminator is
-`D.apply(variables, x) -> float32 logits [B]`.
-
-`num_styles` is reserved for a later style/genre conditioning (0 = unconditional).
+`D.apply(variables, x, style=None) -> float32 logits [B]`; a discriminator built with
+`num_styles > 0` adds a projection term and needs `style: int[B]`. Conditional generators wrap
+these ones (see conditional.py).
 """
 
 from __future__ import annotations
@@ -170,10 +170,20 @@ class _DBlock(nn.Module):
     return nn.leaky_relu(h, self.leak)
 
 
-def _logits(module: nn.Module, h: Array, dtype: Dtype | None, param_dtype: Dtype) -> Array:
+def _logits(module: nn.Module, h: Array, dtype: Dtype | None, param_dtype: Dtype,
+            style: Array | None = None) -> Array:
+  """Final Dense to one logit; with styles, plus the projection term <embed(style), h>
+  (Miyato & Koyama 2018), which lets D judge 'real *and* of this style'."""
   h = h.reshape(h.shape[0], -1)
-  out = Conv(1, (), dtype=dtype, param_dtype=param_dtype, name="logits")(h)
-  return out[:, 0].astype(jnp.float32)
+  out = Conv(1, (), dtype=dtype, param_dtype=param_dtype, name="logits")(h)[:, 0]
+  out = out.astype(jnp.float32)
+  if module.num_styles:
+    if style is None:
+      raise ValueError("this discriminator is style-conditional: pass style=int[B]")
+    embed = nn.Embed(module.num_styles, h.shape[-1], param_dtype=param_dtype,
+                     embedding_init=nn.initializers.normal(0.02), name="style_projection")
+    out = out + jnp.sum(embed(style).astype(jnp.float32) * h.astype(jnp.float32), -1)
+  return out
 
 
 # ----------------------------------------------------------------------------- ISMIR 2019 tutorial
@@ -237,7 +247,7 @@ class TutorialDiscriminator(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, style: Array | None = None) -> Array:
     plan = tutorial_plan(self.data_shape)
     tracks = self.data_shape[3]
     c = self.channels
@@ -252,7 +262,7 @@ class TutorialDiscriminator(nn.Module):
     h = _DBlock(c[4], (1, plan["steps_shared"], 1), name="shared2", **kw)(h)
     h = _DBlock(c[5], (2, 1, 1), (1, 1, 1), name="shared3", **kw)(h)
     h = _DBlock(c[6], (plan["bars"] - 1, 1, 1), name="shared4", **kw)(h)
-    return _logits(self, h, self.dtype, self.param_dtype)
+    return _logits(self, h, self.dtype, self.param_dtype, style)
 
 
 # ------------------------------------------------------------------------------- AAAI-18 hybrid
@@ -412,7 +422,7 @@ class HybridDiscriminator(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, style: Array | None = None) -> Array:
     bars, steps, pitches, tracks = self.data_shape
     t2, t3, tp = time_plan(steps, self.time_strides)
     p0, pk, ps = pitch_plan(pitches)
@@ -458,4 +468,4 @@ class HybridDiscriminator(nn.Module):
 
     h = jnp.concatenate(streams, -1) if len(streams) > 1 else h
     h = _DBlock(c[5], (min(2, bars), 1, 1), (1, 1, 1), name="merged", **kw)(h)
-    return _logits(self, h, self.dtype, self.param_dtype)
+    return _logits(self, h, self.dtype, self.param_dtype, style)

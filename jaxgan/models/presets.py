@@ -26,7 +26,8 @@ Model config keys (`model_config(preset)` fills all of them):
   d_leak              LeakyReLU slope in D (tutorial: 0.01, torch's default; hybrid: 0.2)
   dtype               compute dtype 'float32' | 'bfloat16' (params stay float32)
   conv_impl           'fast' (matmul forms) | 'xla' (lax convolutions, reference)
-  num_styles          reserved for style conditioning; must be 0 for now
+  num_styles          kept for old configs; must be 0 (style conditioning is set by the
+                      config's `conditioning` section and passed to `build`)
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
-from jaxgan.models import binary, musegan
+from jaxgan.models import binary, conditional, musegan
 from jaxgan.models.layers import IMPLS
 
 PRESETS = ("tutorial", "lpd5", "jsb", "tiny")
@@ -176,8 +177,8 @@ def _resolve(model_cfg: Any) -> dict[str, Any]:
             "beat_steps", "num_styles"):
     _int(cfg, k)
   if cfg["num_styles"] != 0:
-    raise ValueError(f"model.num_styles={cfg['num_styles']!r}: style conditioning is not "
-                     "implemented yet, use 0")
+    raise ValueError(f"model.num_styles={cfg['num_styles']!r}: use 0 and turn on "
+                     "conditioning.style instead")
   for k in ("d_chroma", "d_onset"):
     _bool(cfg, k)
   if not isinstance(cfg["d_leak"], (int, float)) or not 0 <= cfg["d_leak"] < 1:
@@ -227,13 +228,39 @@ def latent_size(model_cfg: Any, data_shape: Sequence[int]) -> int:
           + tracks * (cfg["z_private"] + cfg["z_private_temporal"]))
 
 
-def build(model_cfg: Any, data_shape: tuple[int, int, int, int]) -> tuple[nn.Module, nn.Module]:
-  """(generator, discriminator) for data of shape (bars, steps, pitches, tracks)."""
+def build(model_cfg: Any, data_shape: tuple[int, int, int, int],
+          conditioning: dict[str, Any] | None = None) -> tuple[nn.Module, nn.Module]:
+  """(generator, discriminator) for data of shape (bars, steps, pitches, tracks).
+
+  `conditioning` ({"context": bool, "num_styles": int, "context_features": int,
+  "style_features": int}, see config.conditioning) wraps the generator in a
+  `ConditionalGenerator` and gives the discriminator a style projection.
+  """
   cfg = _resolve(model_cfg)
   shape = check_data_shape(data_shape)
   check_compatible(cfg, shape)
+  cond = dict(conditioning or {})
+  num_styles = int(cond.get("num_styles", 0))
+  cond_size = ((int(cond.get("context_features", 128)) if cond.get("context") else 0)
+               + (int(cond.get("style_features", 32)) if num_styles else 0))
+  if not cond_size:
+    return _build(cfg, shape, 0, 0)
+  gen, disc = _build(cfg, shape, cond_size, num_styles)
+  wrapped = conditional.ConditionalGenerator(
+      base=gen, data_shape=shape, noise_size=gen.latent_size - cond_size,
+      insert_at=cfg["z_shared"], context=bool(cond.get("context")), num_styles=num_styles,
+      context_features=int(cond.get("context_features", 128)),
+      style_features=int(cond.get("style_features", 32)),
+      dtype=jnp.bfloat16 if cfg["dtype"] == "bfloat16" else None)
+  return wrapped, disc
+
+
+def _build(cfg: dict[str, Any], shape: tuple[int, int, int, int], extra_latent: int,
+           num_styles: int) -> tuple[nn.Module, nn.Module]:
+  """The unconditional pair; `extra_latent` widens the shared latent for a condition vector."""
+  cfg = dict(cfg, z_shared=cfg["z_shared"] + extra_latent)
   dtype = jnp.bfloat16 if cfg["dtype"] == "bfloat16" else jnp.float32
-  common = dict(num_styles=cfg["num_styles"], impl=cfg["conv_impl"], dtype=dtype,
+  common = dict(num_styles=num_styles, impl=cfg["conv_impl"], dtype=dtype,
                 param_dtype=jnp.float32)
   g_norm = cfg["g_norm"] == "batch"
   d_norm = cfg["d_norm"] == "layer"
