@@ -87,7 +87,7 @@ def cmd_sample(args, extra) -> int:
   from jaxgan import evaluate, metrics, render, sample  # pylint: disable=import-outside-toplevel
   if args.render:  # a missing program or SoundFont fails before sampling, not after
     render.check_setup(args.soundfont, args.sample_rate)
-  gen = sample.Generator.from_workdir(args.workdir, use_ema=not args.no_ema)
+  gen = sample.Generator.from_workdir(args.workdir, use_ema=not args.no_ema, best=args.best)
   sample.check_options(gen.config, num=args.num, bars=args.bars)
   if args.style is not None:
     gen.style_id(args.style)  # an unknown style fails here, listing the known ones
@@ -121,7 +121,7 @@ def _restore(args, extra, command: str) -> int:
   import jax  # pylint: disable=import-outside-toplevel
   from jaxgan import restore, sample  # pylint: disable=import-outside-toplevel
   from jaxgan.midi.io import MidiError  # pylint: disable=import-outside-toplevel
-  gen = sample.Generator.from_workdir(args.workdir, use_ema=not args.no_ema)
+  gen = sample.Generator.from_workdir(args.workdir, use_ema=not args.no_ema, best=args.best)
   if args.style is not None:
     gen.style_id(args.style)
   key = jax.random.PRNGKey(args.seed)
@@ -190,7 +190,7 @@ def cmd_eval(args, extra) -> int:
   if extra:
     raise SystemExit(f"jaxgan eval: unexpected arguments {extra}")
   from jaxgan import evaluate, sample  # pylint: disable=import-outside-toplevel
-  gen = sample.Generator.from_workdir(args.workdir)
+  gen = sample.Generator.from_workdir(args.workdir, best=args.best)
   result = evaluate.evaluate(gen, split=args.split, num=args.num, seed=args.seed)
   print(result["table"])
   for name, v in sorted(result.get("set_comparison", {}).items()):
@@ -237,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--tempo", type=float, default=100.0, help="quarter notes per minute")
   p.add_argument("--no-ema", action="store_true", help="use the raw generator, not its EMA")
   p.add_argument("--style", help="a style of a style-conditioned run (default: random)")
+  p.add_argument("--best", action="store_true",
+                 help="use the checkpoint kept by train.best_metric, not the latest")
   _add_render_flags(p)
   p.set_defaults(func=cmd_sample)
 
@@ -256,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs without conditioning: latents searched for the best fit")
     p.add_argument("--style", help="a style of a style-conditioned run")
     p.add_argument("--no-ema", action="store_true", help="use the raw generator, not its EMA")
+    p.add_argument("--best", action="store_true",
+                   help="use the checkpoint kept by train.best_metric, not the latest")
     _add_render_flags(p)
     p.set_defaults(func=cmd_inpaint if name == "inpaint" else cmd_accompany)
 
@@ -279,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--num", type=int, default=256)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", help="JSON path (default WORKDIR/eval_STEP.json)")
+  p.add_argument("--best", action="store_true",
+                 help="use the checkpoint kept by train.best_metric, not the latest")
   p.set_defaults(func=cmd_eval)
 
   p = sub.add_parser("profile", help="time train steps: compile, p50/p90, FLOPs, MFU, trace")

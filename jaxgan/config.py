@@ -27,6 +27,7 @@ class ConfigError(ValueError):
 # Keys whose values come from a fixed set. Models and optimizers validate their own sections.
 CHOICES: dict[str, tuple[Any, ...]] = {
     "loss.kind": ("wgan", "nonsaturating", "hinge", "lsgan"),
+    "train.best_mode": ("max", "min"),
 }
 # Keys that must be positive integers / non-negative numbers.
 POSITIVE_INTS = (
@@ -100,6 +101,8 @@ def base_config() -> ConfigDict:
   c.train.sample_every = 500         # piano-roll images of EMA samples (0 = off)
   c.train.eval_every = 0             # musical metrics of EMA samples (0 = off)
   c.train.eval_num = 256
+  c.train.best_metric = ""           # keep the checkpoint best by this eval scalar ("" = off),
+  c.train.best_mode = "max"          # e.g. "eval/oa/mean" (max) or "eval/gap/mean" (min)
   c.train.init_from = ""             # checkpoint dir (or workdir) to warm-start G and D from
   c.train.slope_rate = 1.0           # binary neurons: slope *= rate every slope_every steps
   c.train.slope_every = 1000
@@ -270,6 +273,8 @@ def validate(config: ConfigDict) -> None:
     raise ConfigError(
         f"data.lowest_pitch={config.data.lowest_pitch}, data.num_pitches="
         f"{config.data.num_pitches}: the range must lie within MIDI pitches 0..127")
+  if config.train.best_metric and not config.train.eval_every:
+    raise ConfigError(f"train.best_metric={config.train.best_metric!r} needs train.eval_every > 0")
   cc = config.conditioning
   for key in ("infill", "accompany"):
     v = cc[key]

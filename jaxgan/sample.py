@@ -55,16 +55,23 @@ class Generator:
   tracks: tuple[Track, ...]
 
   @classmethod
-  def from_workdir(cls, workdir: str, *, use_ema: bool = True) -> "Generator":
+  def from_workdir(cls, workdir: str, *, use_ema: bool = True, best: bool = False
+                   ) -> "Generator":
+    """The run's latest checkpoint, or with best=True the one kept by train.best_metric."""
     from jaxgan import train  # pylint: disable=import-outside-toplevel
     config = train.load_run_config(workdir)
     mesh = shard_lib.make_mesh(-1, 1)
     engine = train.Engine(config, mesh)
-    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), every=1, keep=10 ** 6)
+    folder = os.path.join(workdir, "best", "checkpoints") if best else os.path.join(
+        workdir, "checkpoints")
+    if best and not os.path.isdir(folder):
+      raise FileNotFoundError(f"{workdir}: no best checkpoint (train with "
+                              "--config.train.best_metric=... and eval_every > 0)")
+    ckpt = ckpt_lib.Checkpointer(folder, every=1, keep=10 ** 6)
     state, step = ckpt.restore_latest(engine.abstract_with_shardings())
     ckpt.close()
     if state is None:
-      raise FileNotFoundError(f"{workdir}: no checkpoint to sample from")
+      raise FileNotFoundError(f"{folder}: no checkpoint to sample from")
     params = state["g_ema"] if use_ema else state["g"]
     return cls(config=config, engine=engine, step=int(step), tracks=_tracks_for(config),
                variables={"params": params, "batch_stats": state["g_stats"]})

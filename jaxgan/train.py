@@ -316,8 +316,12 @@ def warm_start(engine: Engine, state: State, source: str) -> State:
   return new
 
 
-def sample_metrics(engine: Engine, state: State) -> dict[str, float]:
-  """The default periodic evaluation: MuseGAN metrics of EMA samples, one scalar per track."""
+def sample_metrics(engine: Engine, state: State, real: np.ndarray | None = None
+                   ) -> dict[str, float]:
+  """The default periodic evaluation: MuseGAN metrics of EMA samples, one scalar per track;
+  with `real` windows also how far they are from the data: eval/gap/<metric> (relative
+  difference, averaged over tracks; eval/gap/mean over metrics) and the set-level overlapping
+  area eval/oa/<feature> (eval/oa/mean; 1 = indistinguishable)."""
   from jaxgan import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
   d = engine.config.data
   rolls = np.asarray(jax.device_get(
@@ -325,11 +329,88 @@ def sample_metrics(engine: Engine, state: State) -> dict[str, float]:
   spec = metrics_lib.RollSpec(steps_per_beat=d.steps_per_beat, lowest_pitch=d.lowest_pitch,
                               track_names=tuple(f"track{i}" for i in range(d.num_tracks)))
   out = {}
-  for name, values in metrics_lib.track_metrics(rolls, spec).items():
+  generated = metrics_lib.track_metrics(rolls, spec)
+  for name, values in generated.items():
     for i, v in enumerate(np.asarray(values, float)):
       if np.isfinite(v):
         out[f"eval/{name}/track{i}"] = float(v)
+  if real is None or not len(real):
+    return out
+  data = metrics_lib.track_metrics(real, spec)
+  gaps = []
+  for name, values in generated.items():
+    g, r = np.asarray(values, float), np.asarray(data[name], float)
+    ok = np.isfinite(g) & np.isfinite(r)
+    if ok.any():
+      gap = float(np.mean(np.abs(g[ok] - r[ok]) / np.maximum(np.abs(r[ok]), 1e-3)))
+      out[f"eval/gap/{name}"] = gap
+      gaps.append(gap)
+  if gaps:
+    out["eval/gap/mean"] = float(np.mean(gaps))
+  areas = []
+  for name, row in metrics_lib.compare_sets(metrics_lib.song_features(rolls, spec),
+                                            metrics_lib.song_features(real, spec)).items():
+    if np.isfinite(row["OA"]):
+      out[f"eval/oa/{name}"] = float(row["OA"])
+      areas.append(float(row["OA"]))
+  if areas:
+    out["eval/oa/mean"] = float(np.mean(areas))
   return out
+
+
+class BestKeeper:
+  """Keeps the checkpoint with the best value of one eval scalar in WORKDIR/best, with
+  best.json saying which step and value; survives restarts."""
+
+  def __init__(self, workdir: str, metric: str, mode: str):
+    self.metric, self.mode = metric, mode
+    self.json_path = os.path.join(workdir, "best", "best.json")
+    self.checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "best", "checkpoints"),
+                                              every=1, keep=1)
+    self.value = None
+    if os.path.exists(self.json_path):
+      with open(self.json_path) as f:
+        self.value = json.load(f).get("value")
+
+  def better(self, value: float) -> bool:
+    if not np.isfinite(value):
+      return False
+    if self.value is None:
+      return True
+    return value > self.value if self.mode == "max" else value < self.value
+
+  def offer(self, step: int, state: State, scalars: dict[str, float]) -> bool:
+    if self.metric not in scalars:
+      raise config_lib.ConfigError(
+          f"train.best_metric={self.metric!r} is not among the eval scalars: "
+          f"{', '.join(sorted(scalars))}")
+    value = float(scalars[self.metric])
+    if not self.better(value):
+      return False
+    self.checkpointer.save(step, state, force=True)
+    self.checkpointer.wait()
+    self.value = value
+    if jax.process_index() == 0:
+      with open(self.json_path, "w") as f:
+        json.dump({"step": int(step), "metric": self.metric, "value": value}, f)
+    log.info("step %d: best %s so far (%.4g), kept in %s", step, self.metric, value,
+             os.path.dirname(self.json_path))
+    return True
+
+  def close(self) -> None:
+    self.checkpointer.close()
+
+
+def _eval_windows(config) -> np.ndarray | None:
+  """Real windows of the eval split for the default evaluation (None when there are none)."""
+  from jaxgan import evaluate  # pylint: disable=import-outside-toplevel
+  try:
+    real = evaluate.real_windows(config, config.data.eval_split, config.train.eval_num)
+  except Exception as e:  # no such split in this data set: evaluate without the data
+    log.warning("no %s windows for evaluation (%s); eval/gap and eval/oa are off",
+                config.data.eval_split, e)
+    return None
+  return real if len(real) else None
 
 
 def train_and_evaluate(config, workdir: str, *, data_mode: str = "shard",
@@ -376,6 +457,9 @@ def train_and_evaluate(config, workdir: str, *, data_mode: str = "shard",
   compile_s = time.perf_counter() - t0
   log.info("compiled the train step in %.1f s", compile_s)
 
+  evaluate_fn = evaluate_fn or (functools.partial(sample_metrics, real=_eval_windows(config))
+                                if tc.eval_every else None)
+  best = BestKeeper(workdir, tc.best_metric, tc.best_mode) if tc.best_metric else None
   writer = summary.Writer(workdir, enabled=is_lead)
   examples_per_step = tc.global_batch * config.loss.n_critic
   bar = summary.progress(start, tc.num_steps, enabled=progress and is_lead)
@@ -402,7 +486,10 @@ def train_and_evaluate(config, workdir: str, *, data_mode: str = "shard",
         rolls = engine.sample_ema(state, jax.random.PRNGKey(step), 8)
         writer.pianorolls(step, np.asarray(jax.device_get(rolls)))
       if tc.eval_every and step % tc.eval_every == 0:
-        writer.scalars(step, (evaluate_fn or sample_metrics)(engine, state))
+        scalars = evaluate_fn(engine, state)
+        writer.scalars(step, scalars)
+        if best is not None:
+          best.offer(step, state, scalars)
       if step % tc.ckpt_every == 0:
         checkpointer.save(step, state, force=True)
         saved = step
@@ -418,6 +505,8 @@ def train_and_evaluate(config, workdir: str, *, data_mode: str = "shard",
   if saved != step:
     checkpointer.save(step, state, force=True)
   checkpointer.close()
+  if best is not None:
+    best.close()
   writer.close()
   bar.close()
   return state
