@@ -91,6 +91,9 @@ def cmd_sample(args, extra) -> int:
   sample.check_options(gen.config, num=args.num, bars=args.bars)
   if args.style is not None:
     gen.style_id(args.style)  # an unknown style fails here, listing the known ones
+  if not args.temperature > 0:
+    from jaxgan.config import ConfigError  # pylint: disable=import-outside-toplevel
+    raise ConfigError(f"--temperature={args.temperature} must be > 0")
   key = jax.random.PRNGKey(args.seed)
   rolls = []
   chunk = 256
@@ -98,7 +101,8 @@ def cmd_sample(args, extra) -> int:
   for start in tqdm(range(0, args.num, chunk), disable=args.num <= chunk, unit="chunk"):
     rolls.append(sample.sample(gen, jax.random.fold_in(key, start), min(chunk, args.num - start),
                                bars=args.bars, truncation=args.truncation,
-                               binarize=args.binarize, style=args.style))
+                               binarize=args.binarize, style=args.style,
+                               temperature=args.temperature))
   rolls = np.concatenate(rolls)
   paths = sample.write_samples(gen, rolls, args.out, tempo=args.tempo)
   spec = evaluate.roll_spec(gen)
@@ -234,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--truncation", type=float, help="truncate latents to [-t, t]")
   p.add_argument("--binarize", default="threshold", choices=("threshold", "bernoulli"))
+  p.add_argument("--temperature", type=float, default=1.0,
+                 help="bernoulli: < 1 sharper, > 1 noisier (1 = the model's probabilities)")
   p.add_argument("--tempo", type=float, default=100.0, help="quarter notes per minute")
   p.add_argument("--no-ema", action="store_true", help="use the raw generator, not its EMA")
   p.add_argument("--style", help="a style of a style-conditioned run (default: random)")

@@ -124,14 +124,17 @@ class Generator:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5))
-def _generate(engine, variables, z, key, step, binarize: str, cond=None) -> jax.Array:
+def _generate(engine, variables, z, key, step, binarize: str, cond=None,
+              temperature=1.0) -> jax.Array:
   """One compiled function per (engine, shape, mode): latents -> bool piano-rolls."""
   # The binary-neuron slope the run had reached, as in training's own samples.
   out, _ = engine.generate(variables["params"], variables["batch_stats"], z, key, train=False,
                            slope=engine.slope(step), cond=cond)
   if binarize == "bernoulli":
-    # tanh output -> probability of a sounding cell; binary-neuron outputs stay as they are.
-    return jax.random.bernoulli(jax.random.fold_in(key, 1), (out + 1.0) / 2.0)
+    # tanh output x -> probability of a sounding cell sigmoid(2 atanh(x) / T), which is
+    # (x + 1) / 2 at T = 1; binary-neuron outputs (exactly +-1) stay as they are.
+    logit = 2.0 * jnp.arctanh(jnp.clip(out, -1.0 + 1e-6, 1.0 - 1e-6))
+    return jax.random.bernoulli(jax.random.fold_in(key, 1), jax.nn.sigmoid(logit / temperature))
   return out > 0
 
 
@@ -168,13 +171,16 @@ def slerp(a: jax.Array, b: jax.Array, t: jax.Array) -> jax.Array:
 
 
 def decode_latents(gen: Generator, z: jax.Array, key: jax.Array, *,
-                   binarize: str = "threshold", cond=None) -> np.ndarray:
+                   binarize: str = "threshold", cond=None, temperature: float = 1.0
+                   ) -> np.ndarray:
   """[N, latent] -> bool piano-rolls [N, bars, steps, pitches, tracks], sharded when N is large.
 
   `cond`: the condition of a conditional run (see models/conditional.py); None = nothing given.
   """
   if binarize not in BINARIZE:
     raise ValueError(f"binarize={binarize!r} is not one of {BINARIZE}")
+  if not temperature > 0:
+    raise ValueError(f"temperature={temperature!r} must be > 0")
   mesh = gen.engine.mesh
   if cond is None:
     cond = gen.condition(z.shape[0], key=key)
@@ -183,17 +189,19 @@ def decode_latents(gen: Generator, z: jax.Array, key: jax.Array, *,
     if cond is not None:
       cond = jax.device_put(cond, shard_lib.batch(mesh))
   return np.asarray(jax.device_get(
-      _generate(gen.engine, gen.variables, z, key, gen.step, binarize, cond)))
+      _generate(gen.engine, gen.variables, z, key, gen.step, binarize, cond,
+                jnp.float32(temperature))))
 
 
 def sample(gen: Generator, key: jax.Array, num: int, *, bars: int | None = None,
            truncation: float | None = None, binarize: str = "threshold",
-           walk_step: float = 0.35, style: str | None = None) -> np.ndarray:
+           walk_step: float = 0.35, style: str | None = None, temperature: float = 1.0
+           ) -> np.ndarray:
   """`num` pieces of `bars` bars (default: one phrase) as bool piano-rolls.
 
   Pieces longer than the trained phrase chain phrases along a latent walk. Deterministic for a
   given key. `style` names a style of a style-conditioned run (default: a random style per
-  piece).
+  piece). `temperature` sharpens (< 1) or flattens (> 1) binarize="bernoulli" sampling.
   """
   bars = bars or gen.bars_per_phrase
   phrases = -(-bars // gen.bars_per_phrase)
@@ -203,7 +211,7 @@ def sample(gen: Generator, key: jax.Array, num: int, *, bars: int | None = None,
     cond = jax.tree.map(lambda x: jnp.repeat(x, phrases, axis=0), cond)
   z = latent_walk(kz, num, phrases, gen.engine.latent_size, step=walk_step,
                   truncation=truncation).reshape(num * phrases, -1)
-  rolls = decode_latents(gen, z, kb, binarize=binarize, cond=cond)
+  rolls = decode_latents(gen, z, kb, binarize=binarize, cond=cond, temperature=temperature)
   rolls = rolls.reshape((num, phrases * gen.bars_per_phrase) + rolls.shape[2:])
   return rolls[:, :bars]
 

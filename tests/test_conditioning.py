@@ -195,3 +195,15 @@ def test_style_sampling_and_unknown_style(cond_run, tmp_path, capsys):
   assert "'baroque' is not a style of this run" in err and "pattern0, pattern1" in err
   assert cli.main(["sample", "--workdir", cond_run, "--style", "pattern3", "--num", "2",
                    "--out", str(tmp_path / "s")]) == 0
+
+
+def test_bernoulli_temperature(plain_run):
+  gen = sample.Generator.from_workdir(plain_run)
+  key = jax.random.PRNGKey(4)
+  hard = sample.sample(gen, key, 32)  # threshold
+  cold = sample.sample(gen, key, 32, binarize="bernoulli", temperature=1e-4)
+  hot = sample.sample(gen, key, 32, binarize="bernoulli", temperature=100.0)
+  assert (cold == hard).mean() > 0.99          # T -> 0: the threshold decision
+  assert abs(hot.mean() - 0.5) < 0.02          # T -> inf: a coin per cell
+  with pytest.raises(ValueError, match="temperature"):
+    sample.sample(gen, key, 2, binarize="bernoulli", temperature=0.0)
