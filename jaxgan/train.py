@@ -320,7 +320,7 @@ def sample_metrics(engine: Engine, state: State, real: np.ndarray | None = None
                    ) -> dict[str, float]:
   """The default periodic evaluation: MuseGAN metrics of EMA samples, one scalar per track;
   with `real` windows also how far they are from the data: eval/gap/<metric> (relative
-  difference, averaged over tracks; eval/gap/mean over metrics) and the set-level overlapping
+  difference (floored at 0.1), averaged over tracks; eval/gap/mean over metrics) and the set-level overlapping
   area eval/oa/<feature> (eval/oa/mean; 1 = indistinguishable)."""
   from jaxgan import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
   d = engine.config.data
@@ -342,7 +342,9 @@ def sample_metrics(engine: Engine, state: State, real: np.ndarray | None = None
     g, r = np.asarray(values, float), np.asarray(data[name], float)
     ok = np.isfinite(g) & np.isfinite(r)
     if ok.any():
-      gap = float(np.mean(np.abs(g[ok] - r[ok]) / np.maximum(np.abs(r[ok]), 1e-3)))
+      # Relative to the data's value, floored so that a metric the data has at ~0 (EB of
+      # full chorales) does not swamp the rest.
+      gap = float(np.mean(np.abs(g[ok] - r[ok]) / np.maximum(np.abs(r[ok]), 0.1)))
       out[f"eval/gap/{name}"] = gap
       gaps.append(gap)
   if gaps:
