@@ -320,8 +320,9 @@ def sample_metrics(engine: Engine, state: State, real: np.ndarray | None = None
                    ) -> dict[str, float]:
   """The default periodic evaluation: MuseGAN metrics of EMA samples, one scalar per track;
   with `real` windows also how far they are from the data: eval/gap/<metric> (relative
-  difference (floored at 0.1), averaged over tracks; eval/gap/mean over metrics) and the set-level overlapping
-  area eval/oa/<feature> (eval/oa/mean; 1 = indistinguishable)."""
+  difference, the data's value floored at 0.1, averaged over tracks; eval/gap/mean over
+  metrics) and the set-level overlapping area eval/oa/<feature> (eval/oa/mean; 1 = the same).
+  """
   from jaxgan import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
   d = engine.config.data
   rolls = np.asarray(jax.device_get(
