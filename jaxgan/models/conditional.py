@@ -37,7 +37,10 @@ class ContextEncoder(nn.Module):
   def __call__(self, context: Array, known: Array) -> Array:
     b, bars, steps, pitches, tracks = context.shape
     mask = known[:, :, None, None, :].astype(jnp.float32)
-    x = jnp.concatenate([context * mask, jnp.broadcast_to(mask, context.shape)], -1)
+    # Sounding cells as 1 and everything else as 0: sparse like the music (a +-1 encoding
+    # feeds the encoder a wall of -1 silence); the mask channel tells silent from unknown.
+    sounding = (context > 0).astype(jnp.float32) * mask
+    x = jnp.concatenate([sounding, jnp.broadcast_to(mask, context.shape)], -1)
     x = x.reshape(b, bars, steps, pitches * 2 * tracks).astype(self.dtype or jnp.float32)
     x = nn.relu(nn.Dense(64, dtype=self.dtype, name="step")(x))
     x = nn.relu(nn.Dense(128, dtype=self.dtype, name="bar")(x.reshape(b, bars, steps * 64)))
