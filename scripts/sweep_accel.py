@@ -44,7 +44,7 @@ def run(args) -> None:
   shape = tuple(data["pool_shape"])
   pool = np.unpackbits(data["pool"], axis=-1, count=shape[-1]).astype(bool).reshape(shape)
   real = data["real"]
-  print(f"| variant | step | eval/oa/mean | eval/gap/mean | empty bars | steps/s |")
+  print("| variant | step | eval/oa/mean | eval/gap/mean | empty bars | steps/s |")
   print("| --- | ---: | ---: | ---: | ---: | ---: |")
   for spec in args.variant:
     name, _, overrides = spec.partition("=")

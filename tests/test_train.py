@@ -1,7 +1,6 @@
 """The engine: sharding invariance, determinism, exact resume, checkpoints across topologies."""
 
 import os
-import shutil
 
 import jax
 import numpy as np
