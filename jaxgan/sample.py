@@ -92,12 +92,13 @@ class Generator:
 def _generate(engine, variables, z, key, step, binarize: str) -> jax.Array:
   """One compiled function per (engine, shape, mode): latents -> bool piano-rolls."""
   # The binary-neuron slope the run had reached, as in training's own samples.
+  if binarize != "bernoulli":
+    return engine.rolls(variables["params"], variables["batch_stats"], z, key,
+                        slope=engine.slope(step))
   out, _ = engine.generate(variables["params"], variables["batch_stats"], z, key, train=False,
                            slope=engine.slope(step))
-  if binarize == "bernoulli":
-    # tanh output -> probability of a sounding cell; binary-neuron outputs stay as they are.
-    return jax.random.bernoulli(jax.random.fold_in(key, 1), (out + 1.0) / 2.0)
-  return out > 0
+  # tanh output -> probability of a sounding cell; binary-neuron outputs stay as they are.
+  return jax.random.bernoulli(jax.random.fold_in(key, 1), (out + 1.0) / 2.0)
 
 
 def latents(key: jax.Array, num: int, size: int, *, truncation: float | None = None) -> jax.Array:

@@ -88,14 +88,27 @@ class Engine:
     z = jax.random.normal(key, [num, self.latent_size], jnp.float32)
     return jax.lax.with_sharding_constraint(z, shard_lib.batch(self.mesh))
 
-  def generate(self, g_params, g_stats, z, key, *, train: bool, slope):
-    """Generator output in [-1, 1]; with train=True also the updated batch statistics."""
+  def generate(self, g_params, g_stats, z, key, *, train: bool, slope,
+               binarize: str | None = None):
+    """Generator output in [-1, 1]; with train=True also the updated batch statistics.
+
+    `binarize` overrides the model's output mode (see `models.binary`)."""
     variables = {"params": g_params, "batch_stats": g_stats}
+    kw = dict(slope=slope, rng=key, binarize=binarize)
     if train:
-      out, updates = self.generator.apply(variables, z, train=True, slope=slope, rng=key,
-                                          mutable=["batch_stats"])
+      out, updates = self.generator.apply(variables, z, train=True, mutable=["batch_stats"], **kw)
       return out, updates.get("batch_stats", g_stats)
-    return self.generator.apply(variables, z, train=False, slope=slope, rng=key), g_stats
+    return self.generator.apply(variables, z, train=False, **kw), g_stats
+
+  def rolls(self, g_params, g_stats, z, key, *, slope) -> jax.Array:
+    """Boolean piano-rolls (True = sounding) of the generator in eval mode: its output > 0."""
+    mode = getattr(self.generator, "binarize", None)
+    # tanh(a) > 0 exactly where a > 0: threshold the pre-activation and skip the tanh, the
+    # costliest op of the sampler (one per output cell).
+    override = "threshold" if mode in ("none", "threshold") else None
+    out, _ = self.generate(g_params, g_stats, z, key, train=False, slope=slope,
+                           binarize=override)
+    return out > 0
 
   def slope(self, step: jax.Array) -> jax.Array:
     """Binary-neuron slope annealing (BinaryMuseGAN): rate ** (step / every)."""
@@ -182,9 +195,7 @@ class Engine:
     def sample(state, key, num):
       kz, kb = jax.random.split(key)
       z = jax.random.normal(kz, [num, self.latent_size], jnp.float32)
-      out, _ = self.generate(state["g_ema"], state["g_stats"], z, kb, train=False,
-                             slope=self.slope(state["step"]))
-      return out > 0
+      return self.rolls(state["g_ema"], state["g_stats"], z, kb, slope=self.slope(state["step"]))
 
     return sample
 
