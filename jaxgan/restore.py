@@ -82,9 +82,8 @@ def _read(gen, path: str, track_names: Sequence[str]):
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _decode(engine, variables, z, key, step, cond):
-  out, _ = engine.generate(variables["params"], variables["batch_stats"], z, key, train=False,
-                           slope=engine.slope(step), cond=cond)
-  return out > 0
+  return engine.rolls(variables["params"], variables["batch_stats"], z, key,
+                      slope=engine.slope(step), cond=cond)
 
 
 def fill(gen, roll: np.ndarray, known: np.ndarray, key: jax.Array, *, candidates: int = 64,

@@ -128,14 +128,15 @@ def _generate(engine, variables, z, key, step, binarize: str, cond=None,
               temperature=1.0) -> jax.Array:
   """One compiled function per (engine, shape, mode): latents -> bool piano-rolls."""
   # The binary-neuron slope the run had reached, as in training's own samples.
+  if binarize != "bernoulli":
+    return engine.rolls(variables["params"], variables["batch_stats"], z, key,
+                        slope=engine.slope(step), cond=cond)
   out, _ = engine.generate(variables["params"], variables["batch_stats"], z, key, train=False,
                            slope=engine.slope(step), cond=cond)
-  if binarize == "bernoulli":
-    # tanh output x -> probability of a sounding cell sigmoid(2 atanh(x) / T), which is
-    # (x + 1) / 2 at T = 1; binary-neuron outputs (exactly +-1) stay as they are.
-    logit = 2.0 * jnp.arctanh(jnp.clip(out, -1.0 + 1e-6, 1.0 - 1e-6))
-    return jax.random.bernoulli(jax.random.fold_in(key, 1), jax.nn.sigmoid(logit / temperature))
-  return out > 0
+  # tanh output x -> probability of a sounding cell sigmoid(2 atanh(x) / T), which is
+  # (x + 1) / 2 at T = 1; binary-neuron outputs (exactly +-1) stay as they are.
+  logit = 2.0 * jnp.arctanh(jnp.clip(out, -1.0 + 1e-6, 1.0 - 1e-6))
+  return jax.random.bernoulli(jax.random.fold_in(key, 1), jax.nn.sigmoid(logit / temperature))
 
 
 def latents(key: jax.Array, num: int, size: int, *, truncation: float | None = None) -> jax.Array:

@@ -110,21 +110,31 @@ class Engine:
     # Unconditional generators take no `cond` argument at all.
     return {"cond": cond} if self.conditional else {}
 
-  def generate(self, g_params, g_stats, z, key, *, train: bool, slope, cond=None):
+  def generate(self, g_params, g_stats, z, key, *, train: bool, slope, cond=None,
+               binarize: str | None = None):
     """Generator output in [-1, 1]; with train=True also the updated batch statistics.
 
     `cond` (conditional models only; None = nothing given, random styles): see
-    models/conditional.py.
+    models/conditional.py. `binarize` overrides the model's output mode (see `models.binary`).
     """
     variables = {"params": g_params, "batch_stats": g_stats}
     if self.conditional and cond is None:
       cond = self.empty_condition(key, z.shape[0])
-    kw = self._cond_kwargs(cond)
+    kw = dict(slope=slope, rng=key, binarize=binarize, **self._cond_kwargs(cond))
     if train:
-      out, updates = self.generator.apply(variables, z, train=True, slope=slope, rng=key,
-                                          mutable=["batch_stats"], **kw)
+      out, updates = self.generator.apply(variables, z, train=True, mutable=["batch_stats"], **kw)
       return out, updates.get("batch_stats", g_stats)
-    return self.generator.apply(variables, z, train=False, slope=slope, rng=key, **kw), g_stats
+    return self.generator.apply(variables, z, train=False, **kw), g_stats
+
+  def rolls(self, g_params, g_stats, z, key, *, slope, cond=None) -> jax.Array:
+    """Boolean piano-rolls (True = sounding) of the generator in eval mode: its output > 0."""
+    mode = getattr(getattr(self.generator, "base", self.generator), "binarize", None)
+    # tanh(a) > 0 exactly where a > 0: threshold the pre-activation and skip the tanh, the
+    # costliest op of the sampler (one per output cell).
+    override = "threshold" if mode in ("none", "threshold") else None
+    out, _ = self.generate(g_params, g_stats, z, key, train=False, slope=slope, cond=cond,
+                           binarize=override)
+    return out > 0
 
   def training_condition(self, key, real, style):
     if not self.conditional:
@@ -149,42 +159,52 @@ class Engine:
       n = jnp.where(early | periodic, max(lc.critic_warmup_n, lc.n_critic), n)
     return n
 
+  def _d_fn(self, params, x, style):
+    return self.discriminator.apply({"params": params}, x,
+                                    style if self.cond["num_styles"] else None)
+
+  def _d_loss(self, d_params, real, fake, style, key):
+    lc = self.config.loss
+    d_fn = lambda x: self._d_fn(d_params, x, style)
+    real_logits, fake_logits = d_fn(real), d_fn(fake)
+    loss = losses.d_loss(lc.kind, real_logits, fake_logits)
+    gp = r1 = jnp.zeros([], jnp.float32)
+    if lc.gp_weight > 0:
+      gp = losses.gradient_penalty(d_fn, real, fake, key)
+      loss = loss + lc.gp_weight * gp
+    if lc.r1_gamma > 0:
+      r1 = losses.r1_penalty(d_fn, real)
+      loss = loss + lc.r1_gamma * r1
+    return loss, dict(d_loss=loss, gp=gp, r1=r1, d_real=real_logits.mean(),
+                      d_fake=fake_logits.mean())
+
+  def critic_update(self, g_params, g_stats, d_params, d_opt, real, style, key, slope):
+    """One D update on a real batch [B, ...] in [-1, 1] (and its styles [B]) against fresh
+    fakes: the body of the critic loop, also compiled on its own by `jaxgan profile` to count
+    its FLOPs per update."""
+    key_z, key_gp, key_bin = jax.random.split(key, 3)
+    cond = self.training_condition(jax.random.fold_in(key, 0xC0D), real, style)
+    fake, _ = self.generate(g_params, g_stats, self.latents(key_z, real.shape[0]), key_bin,
+                            train=True, slope=slope, cond=cond)
+    grads, metrics = jax.grad(self._d_loss, has_aux=True)(
+        d_params, real, jax.lax.stop_gradient(fake), style, key_gp)
+    updates, d_opt = self.d_tx.update(grads, d_opt, d_params)
+    metrics["d_grad_norm"] = optax.tree_utils.tree_norm(grads)
+    return optax.apply_updates(d_params, updates), d_opt, metrics
+
   def _train_step(self, state: State, batch: dict[str, jax.Array]) -> tuple[State, dict]:
     lc = self.config.loss
-    styled = bool(self.cond["num_styles"])
-    d_fn = lambda params, x, style: self.discriminator.apply(
-        {"params": params}, x, style if styled else None)
     real_all = jnp.where(batch["pianoroll"] > 0, 1.0, -1.0).astype(jnp.float32)
     style_all = batch["style"].astype(jnp.int32)
     n_batches, batch_size = real_all.shape[:2]
     rng, d_rng, g_rng = jax.random.split(state["rng"], 3)
     slope = self.slope(state["step"])
 
-    def d_loss_fn(d_params, real, fake, style, key):
-      real_logits, fake_logits = d_fn(d_params, real, style), d_fn(d_params, fake, style)
-      loss = losses.d_loss(lc.kind, real_logits, fake_logits)
-      gp = r1 = jnp.zeros([], jnp.float32)
-      if lc.gp_weight > 0:
-        gp = losses.gradient_penalty(lambda x: d_fn(d_params, x, style), real, fake, key)
-        loss = loss + lc.gp_weight * gp
-      if lc.r1_gamma > 0:
-        r1 = losses.r1_penalty(lambda x: d_fn(d_params, x, style), real)
-        loss = loss + lc.r1_gamma * r1
-      return loss, dict(d_loss=loss, gp=gp, r1=r1, d_real=real_logits.mean(),
-                        d_fake=fake_logits.mean())
-
     def d_update(i, carry):
       d_params, d_opt, _ = carry
-      key_z, key_gp, key_bin, key_cond = jax.random.split(jax.random.fold_in(d_rng, i), 4)
-      real, style = real_all[i % n_batches], style_all[i % n_batches]
-      fake, _ = self.generate(state["g"], state["g_stats"], self.latents(key_z, batch_size),
-                              key_bin, train=True, slope=slope,
-                              cond=self.training_condition(key_cond, real, style))
-      grads, metrics = jax.grad(d_loss_fn, has_aux=True)(
-          d_params, real, jax.lax.stop_gradient(fake), style, key_gp)
-      updates, d_opt = self.d_tx.update(grads, d_opt, d_params)
-      metrics["d_grad_norm"] = optax.tree_utils.tree_norm(grads)
-      return optax.apply_updates(d_params, updates), d_opt, metrics
+      return self.critic_update(state["g"], state["g_stats"], d_params, d_opt,
+                                real_all[i % n_batches], style_all[i % n_batches],
+                                jax.random.fold_in(d_rng, i), slope)
 
     zero = jnp.zeros([], jnp.float32)
     empty = dict(d_loss=zero, gp=zero, r1=zero, d_real=zero, d_fake=zero, d_grad_norm=zero)
@@ -192,14 +212,14 @@ class Engine:
     d_params, d_opt, d_metrics = jax.lax.fori_loop(
         0, n_critic, d_update, (state["d"], state["d_opt"], empty))
 
-    key_z, key_bin, key_cond = jax.random.split(g_rng, 3)
+    key_z, key_bin = jax.random.split(g_rng)
     z = self.latents(key_z, batch_size)
-    g_cond = self.training_condition(key_cond, real_all[0], style_all[0])
+    g_cond = self.training_condition(jax.random.fold_in(g_rng, 0xC0D), real_all[0], style_all[0])
 
     def g_loss_fn(g_params):
       fake, stats = self.generate(g_params, state["g_stats"], z, key_bin, train=True,
                                   slope=slope, cond=g_cond)
-      return losses.g_loss(lc.kind, d_fn(d_params, fake, style_all[0])), stats
+      return losses.g_loss(lc.kind, self._d_fn(d_params, fake, style_all[0])), stats
 
     (g_loss, g_stats), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state["g"])
     updates, g_opt = self.g_tx.update(g_grads, state["g_opt"], state["g"])
@@ -225,9 +245,7 @@ class Engine:
     def sample(state, key, num):
       kz, kb = jax.random.split(key)
       z = jax.random.normal(kz, [num, self.latent_size], jnp.float32)
-      out, _ = self.generate(state["g_ema"], state["g_stats"], z, kb, train=False,
-                             slope=self.slope(state["step"]))
-      return out > 0
+      return self.rolls(state["g_ema"], state["g_stats"], z, kb, slope=self.slope(state["step"]))
 
     return sample
 

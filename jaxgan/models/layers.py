@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 from jax import lax
 
@@ -166,6 +167,14 @@ class Conv(nn.Module):
 
   x: [B, *spatial, C], or with groups=G [G, B, *spatial, C] -> [(G,) B, *out_spatial, features].
   strides default to kernel_size. An empty kernel_size makes this a (grouped) Dense.
+
+  With `prepatched=True` the caller has already cut the input into its non-overlapping patches:
+  x is [(G,) B, *positions, prod(kernel_size) * C] with each patch flattened in (k1, ..., kn, C)
+  order, and the layer is one matmul against the same kernel `(*k, C, features)`. A model picks
+  the order of its position axes freely then, so that cutting patches is a plain reshape instead
+  of a transpose (transposes of big activations, and theirs in the backward pass, are what make
+  XLA's CPU code slow). Any number of position axes; `strides` must equal the kernel size; with
+  groups the input must carry its group axis.
   """
 
   features: int
@@ -177,12 +186,15 @@ class Conv(nn.Module):
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
   precision: Any = None
+  prepatched: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     k = tuple(int(v) for v in self.kernel_size)
     s = _strides(k, self.strides)
     nsp, g = len(k), self.groups
+    if self.prepatched:
+      return self._prepatched(x, k, s)
     shared = _check_input(x, nsp, g, "Conv")
     kernel, bias = _params(self, x.shape[-1], k, self.features, g, self.use_bias, self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
@@ -201,6 +213,28 @@ class Conv(nn.Module):
     else:
       raise ValueError(f"impl={self.impl!r} not in {IMPLS}")
     return _add_bias(y, bias, g, nsp)
+
+  def _prepatched(self, x: Array, k: tuple[int, ...], s: tuple[int, ...]) -> Array:
+    g = self.groups
+    if s != k:
+      raise ValueError(f"prepatched Conv needs strides == kernel_size, got {s} and {k}")
+    size = int(np.prod(k, dtype=np.int64))
+    if x.shape[-1] % size:
+      raise ValueError(f"prepatched Conv: last axis {x.shape[-1]} is not a multiple of the "
+                       f"kernel size {k}")
+    if g and (x.ndim < 3 or x.shape[0] != g):
+      raise ValueError(f"prepatched Conv with groups={g} needs the group axis first, got input "
+                       f"{x.shape}")
+    kernel, bias = _params(self, x.shape[-1] // size, k, self.features, g, self.use_bias,
+                           self.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    w = kernel.reshape(((g,) if g else ()) + (-1, self.features))
+    y = _matmul(x, w, g, False, self.precision)
+    if bias is None:
+      return y
+    if g:
+      return y + bias.reshape((g,) + (1,) * (y.ndim - 2) + (-1,))
+    return y + bias
 
 
 class ConvTranspose(nn.Module):
@@ -335,12 +369,14 @@ class LayerNorm(nn.Module):
     c = x.shape[-1]
     scale = self.param("scale", nn.initializers.ones_init(), g + (c,), self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros_init(), g + (c,), self.param_dtype)
-    # Statistics over one contiguous row per sample (and group).
-    lead = x.shape[:2] if self.groups else x.shape[:1]
-    xf = x.astype(jnp.float32).reshape(lead + (-1,))
-    mean = xf.mean(axis=-1, keepdims=True)
-    var = jnp.square(xf - mean).mean(axis=-1, keepdims=True)
-    y = ((xf - mean) * lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+    # Statistics over all axes but batch (and group), in x's own shape: reshaping to one row per
+    # sample and back puts bitcasts between shapes inside XLA's fusions, which the CPU emitter
+    # turns into slow scalar code (measured 3-4x slower forward + backward).
+    axes = tuple(range(2 if self.groups else 1, x.ndim))
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(axis=axes, keepdims=True)
+    var = jnp.square(xf - mean).mean(axis=axes, keepdims=True)
+    y = (xf - mean) * lax.rsqrt(var + self.epsilon)
     shape = g + (1,) * (x.ndim - 1 - len(g)) + (c,)
     y = y * scale.reshape(shape).astype(jnp.float32) + bias.reshape(shape).astype(jnp.float32)
     return y.astype(self.dtype or x.dtype)

@@ -159,11 +159,13 @@ class _DBlock(nn.Module):
   impl: str = "fast"
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
+  prepatched: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     h = Conv(self.features, self.kernel, self.strides, groups=self.groups, impl=self.impl,
-             dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
+             dtype=self.dtype, param_dtype=self.param_dtype, prepatched=self.prepatched,
+             name="conv")(x)
     if self.norm:
       h = LayerNorm(groups=self.groups, dtype=self.dtype, param_dtype=self.param_dtype,
                     name="norm")(h)
@@ -253,16 +255,40 @@ class TutorialDiscriminator(nn.Module):
     c = self.channels
     kw = dict(norm=self.norm, leak=self.leak, impl=self.impl, dtype=self.dtype,
               param_dtype=self.param_dtype)
-    h = _tracks_first(x.astype(self.dtype or jnp.float32))
-    h = _DBlock(c[0], (1, 1, 12), groups=tracks, name="track0", **kw)(h)
-    h = _DBlock(c[1], (1, plan["steps_track"], 1), groups=tracks, name="track1", **kw)(h)
-    h = _merge_tracks(h)
+    x = x.astype(self.dtype or jnp.float32)
+    if self.impl == "fast":
+      h = self._tracks(x, plan, tracks, kw)
+    else:
+      h = _tracks_first(x)
+      h = _DBlock(c[0], (1, 1, 12), groups=tracks, name="track0", **kw)(h)
+      h = _DBlock(c[1], (1, plan["steps_track"], 1), groups=tracks, name="track1", **kw)(h)
+      h = _merge_tracks(h)
     h = _DBlock(c[2], (1, 1, 3), (1, 1, 1), name="shared0", **kw)(h)
     h = _DBlock(c[3], (1, 1, plan["pitch_shared"]), name="shared1", **kw)(h)
     h = _DBlock(c[4], (1, plan["steps_shared"], 1), name="shared2", **kw)(h)
     h = _DBlock(c[5], (2, 1, 1), (1, 1, 1), name="shared3", **kw)(h)
     h = _DBlock(c[6], (plan["bars"] - 1, 1, 1), name="shared4", **kw)(h)
     return _logits(self, h, self.dtype, self.param_dtype, style)
+
+  def _tracks(self, x: Array, plan: dict[str, int], tracks: int, kw: dict[str, Any]) -> Array:
+    """The per-track blocks with every patch cut by a reshape: [B, bars, steps, pitches, T] ->
+    [B, bars, steps // 4, q, T * c[1]], the same as the generic layers compute.
+
+    Positions are kept in (bar, pitch group, step) order inside the per-track blocks: one
+    transpose of the input puts each track's 12-semitone pitch patches last, and the 4-step time
+    patches of the second block are then adjacent to the channels. The generic layout (bar, step,
+    pitch) needs a transpose of the biggest activation there, forward and backward.
+    """
+    b, bars, steps, pitches, _ = x.shape
+    q, st = pitches // 12, plan["steps_track"]
+    c = self.channels
+    h = x.reshape(b, bars, steps, q, 12, tracks).transpose(5, 0, 1, 3, 2, 4)
+    h = _DBlock(c[0], (1, 1, 12), groups=tracks, prepatched=True, name="track0", **kw)(h)
+    h = h.reshape(h.shape[:4] + (steps // st, st * c[0]))
+    h = _DBlock(c[1], (1, st, 1), groups=tracks, prepatched=True, name="track1", **kw)(h)
+    # [T, B, bars, q, steps // 4, C] -> [B, bars, steps // 4, q, T * C]
+    h = h.transpose(1, 2, 4, 3, 0, 5)
+    return h.reshape(h.shape[:4] + (-1,))
 
 
 # ------------------------------------------------------------------------------- AAAI-18 hybrid
