@@ -8,8 +8,8 @@ The hybrid model (`models.model_config("jsb")`) is the heavier alternative.
 The checkpoint with the best mean overlapping area against the validation split is kept in
 WORKDIR/best. Conditioning is off here: `jaxgan inpaint` / `accompany` search the unconditional
 generator's latents; `--config.conditioning.infill=0.2 --config.conditioning.accompany=0.2`
-trains the context in (at the demo's 1,200 steps that run fell silent, EB 100 %, where the
-unconditional one did not; it needs the longer run).
+trains the context in (at the demo's 1,200 steps such runs fell silent, EB 100 %, as the
+unconditional config also does at some seeds: BENCHMARKS.md, H100 sweep).
 `get_config("demo")` bounds the run for a laptop CPU.
 """
 
