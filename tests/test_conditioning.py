@@ -207,3 +207,15 @@ def test_bernoulli_temperature(plain_run):
   assert abs(hot.mean() - 0.5) < 0.02          # T -> inf: a coin per cell
   with pytest.raises(ValueError, match="temperature"):
     sample.sample(gen, key, 2, binarize="bernoulli", temperature=0.0)
+
+
+def test_a_bad_input_file_is_named_and_nothing_is_written(plain_run, tmp_path, capsys):
+  bad = tmp_path / "broken.mid"
+  bad.write_bytes(b"MThd" + os.urandom(200))
+  out = tmp_path / "out.mid"
+  for command, extra in (("inpaint", ["--bars", "1-2"]), ("accompany", ["--given", "track0"])):
+    assert cli.main([command, "--workdir", plain_run, "--input", str(bad), "--out", str(out),
+                     *extra]) == 1
+    err = capsys.readouterr().err
+    assert f"jaxgan {command}: {bad}:" in err
+    assert not out.exists()
