@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,9 @@ from jaxgan.config import ConfigError
 from jaxgan.midi import io as midi_io
 from jaxgan.midi import pianoroll
 from jaxgan.midi import tracks as tracks_lib
+
+if TYPE_CHECKING:
+  from jaxgan.sample import Generator
 
 
 def parse_bars(text: str) -> list[int]:
@@ -86,7 +90,7 @@ def _decode(engine, variables, z, key, step, cond):
                       slope=engine.slope(step), cond=cond)
 
 
-def fill(gen, roll: np.ndarray, known: np.ndarray, key: jax.Array, *, candidates: int = 64,
+def fill(gen: "Generator", roll: np.ndarray, known: np.ndarray, key: jax.Array, *, candidates: int = 64,
          style: str | None = None) -> np.ndarray:
   """Fills the cells of bool `roll` [bars, steps, pitches, tracks] whose (bar, track) is not
   `known` [bars, tracks]; known cells come back unchanged."""
@@ -217,7 +221,7 @@ def _model_roll(gen, song, song_tracks: Sequence[int]) -> np.ndarray:
   return roll
 
 
-def inpaint(gen, path: str, bars: Sequence[int], key: jax.Array, *, candidates: int = 64,
+def inpaint(gen: "Generator", path: str, bars: Sequence[int], key: jax.Array, *, candidates: int = 64,
             style: str | None = None) -> miditoolkit.MidiFile:
   """Regenerates the 0-based `bars` of every track of a MIDI file with the run's tracks."""
   names = [t.name for t in gen.tracks]
@@ -232,7 +236,7 @@ def inpaint(gen, path: str, bars: Sequence[int], key: jax.Array, *, candidates: 
   return _rebuild(gen, midi, song, shift, inst_track, filled, ~known)
 
 
-def accompany(gen, path: str, given: Sequence[str], key: jax.Array, *, candidates: int = 64,
+def accompany(gen: "Generator", path: str, given: Sequence[str], key: jax.Array, *, candidates: int = 64,
               style: str | None = None) -> miditoolkit.MidiFile:
   """Generates every track but `given` around them. The file holds either just the given parts
   (in that order) or all of the run's tracks (the others are then replaced)."""
