@@ -329,3 +329,14 @@ def conditioning(config: ConfigDict, *, num_styles: int | None = None) -> dict[s
   return {"context": bool(cc.infill > 0 or cc.accompany > 0), "num_styles": int(styles),
           "context_features": int(cc.context_features),
           "style_features": int(cc.style_features)}
+
+
+def check_batch(config: ConfigDict, mesh: Any, process_count: int) -> None:
+  """The global batch must split evenly over the processes and (given a mesh) the devices."""
+  gb = config.train.global_batch
+  if gb % process_count:
+    raise ConfigError(
+        f"train.global_batch={gb} is not divisible by the number of processes ({process_count})")
+  if mesh is not None and gb % mesh.size:
+    raise ConfigError(
+        f"train.global_batch={gb} is not divisible by the number of devices ({mesh.size})")

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgan import config as config_lib
 from jaxgan import sharding as shard_lib
 
 # Dense bf16 peaks, FLOP/s per chip, from vendor datasheets (no sparsity).
@@ -84,8 +85,6 @@ INPUTS = ("pipeline", "synthetic")
 def synthetic_batches(config, mesh) -> Iterator[dict[str, jax.Array]]:
   """One random device-resident batch, repeated: the step alone, with no input pipeline (and no
   TensorFlow), e.g. on an accelerator machine without the data stack."""
-  from jaxgan import config as config_lib  # pylint: disable=import-outside-toplevel
-
   shape = (config.loss.n_critic, config.train.global_batch) + config_lib.data_shape(config)
   sharding = shard_lib.batch(mesh, leading=1)
   make = jax.jit(lambda key: {
@@ -109,9 +108,7 @@ def profile(config, workdir: str, *, steps: int = 50, warmup: int = 5, trace_ste
   os.makedirs(workdir, exist_ok=True)
   tc = config.train
   mesh = shard_lib.make_mesh(tc.mesh_data, tc.mesh_fsdp)
-  if tc.global_batch % mesh.size:
-    raise ValueError(f"train.global_batch={tc.global_batch} is not divisible by the number of "
-                     f"devices ({mesh.size})")
+  config_lib.check_batch(config, mesh, jax.process_count())
   train.resolve_styles(config)
   engine = train.Engine(config, mesh)
   state = engine.init(jax.jit(lambda: jax.random.PRNGKey(tc.seed),
@@ -120,7 +117,6 @@ def profile(config, workdir: str, *, steps: int = 50, warmup: int = 5, trace_ste
     batches = synthetic_batches(config, mesh)
   else:
     from jaxgan.data import pipeline  # pylint: disable=import-outside-toplevel
-    pipeline.check_batch(config, mesh, jax.process_count())
     batches = pipeline.train_iterator(config, mesh, data_mode=data_mode)
   batch = next(batches)
   t = time.perf_counter()

@@ -279,14 +279,8 @@ def stream_layout(config, *, process_index: int, process_count: int, data_mode: 
   return StreamLayout(local * n_critic, local * n_critic, 0, local, process_index)
 
 
-def check_batch(config, mesh: Mesh | None, process_count: int) -> None:
-  gb = config.train.global_batch
-  if gb % process_count:
-    raise config_lib.ConfigError(
-        f"train.global_batch={gb} is not divisible by the number of processes ({process_count})")
-  if mesh is not None and gb % mesh.size:
-    raise config_lib.ConfigError(
-        f"train.global_batch={gb} is not divisible by the number of devices ({mesh.size})")
+# Kept in config.py (no TensorFlow there), so code that needs no pipeline can check too.
+check_batch = config_lib.check_batch
 
 
 def make_dataset(config, *, start_step: int = 0, process_index: int | None = None,
