@@ -18,22 +18,19 @@ best with the given cells (F1 of sounding cells) fills the gap.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import miditoolkit
 import numpy as np
 
+from jaxgan import sample as sample_lib
 from jaxgan.config import ConfigError
 from jaxgan.midi import io as midi_io
 from jaxgan.midi import pianoroll
 from jaxgan.midi import tracks as tracks_lib
 
-if TYPE_CHECKING:
-  from jaxgan.sample import Generator
 
 
 def parse_bars(text: str) -> list[int]:
@@ -66,10 +63,13 @@ def _midi_config(gen, track_names: Sequence[str]) -> midi_io.MidiConfig:
                             track_names=tuple(track_names), out_of_range="fold")
 
 
-def _read(gen, path: str, track_names: Sequence[str]):
-  """(original MidiFile, song on the run's grid, steps shifted, instrument -> song track)."""
+def _load(gen, path: str) -> miditoolkit.MidiFile:
+  return midi_io.load_midi(path, config=_midi_config(gen, [t.name for t in gen.tracks]))
+
+
+def _read(gen, midi: miditoolkit.MidiFile, path: str, track_names: Sequence[str]):
+  """(song on the run's grid, steps shifted, instrument -> song track) of a loaded file."""
   config = _midi_config(gen, track_names)
-  midi = midi_io.load_midi(path, config=config)
   song, counts = midi_io.quantize(midi, config, source=str(path))
   meter = tuple(gen.config.data.meter)
   if tuple(song.time_signature) != meter:
@@ -81,17 +81,11 @@ def _read(gen, path: str, track_names: Sequence[str]):
       [(int(i.program), bool(i.is_drum)) for i in playing], config.track_mode,
       config.track_names)
   inst_track = {id(inst): t for inst, t in zip(playing, index)}
-  return midi, song, int(counts.get("steps_shifted", 0)), inst_track
+  return song, int(counts.get("steps_shifted", 0)), inst_track
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _decode(engine, variables, z, key, step, cond):
-  return engine.rolls(variables["params"], variables["batch_stats"], z, key,
-                      slope=engine.slope(step), cond=cond)
-
-
-def fill(gen: "Generator", roll: np.ndarray, known: np.ndarray, key: jax.Array, *, candidates: int = 64,
-         style: str | None = None) -> np.ndarray:
+def fill(gen: "sample_lib.Generator", roll: np.ndarray, known: np.ndarray, key: jax.Array, *,
+         candidates: int = 64, style: str | None = None) -> np.ndarray:
   """Fills the cells of bool `roll` [bars, steps, pitches, tracks] whose (bar, track) is not
   `known` [bars, tracks]; known cells come back unchanged."""
   roll = np.asarray(roll, bool).copy()
@@ -103,8 +97,8 @@ def fill(gen: "Generator", roll: np.ndarray, known: np.ndarray, key: jax.Array, 
     known = np.concatenate([known, np.zeros((window - bars, known.shape[1]), bool)])
   total = roll.shape[0]
   engine = gen.engine
-  conditional = bool(engine.cond["context"])
-  num = 1 if conditional else max(1, int(candidates))
+  # A generator that reads the given cells makes one fill; any other is searched.
+  num = 1 if engine.cond["context"] else max(1, int(candidates))
   style_ids = None
   if engine.cond["num_styles"]:
     sid = gen.style_id(style) if style is not None else int(
@@ -125,12 +119,9 @@ def fill(gen: "Generator", roll: np.ndarray, known: np.ndarray, key: jax.Array, 
       cond = {"context": jnp.asarray(np.where(ctx, 1.0, -1.0)[None].repeat(num, 0),
                                      jnp.float32),
               "known": jnp.asarray(kn[None].repeat(num, 0))}
-      if not conditional:  # a style-only run: nothing given to the generator itself
-        cond["known"] = jnp.zeros_like(cond["known"])
       if style_ids is not None:
         cond["style"] = style_ids
-    out = np.asarray(_decode(engine, gen.variables, z, jax.random.fold_in(k, 1),
-                             gen.step, cond))
+    out = sample_lib.decode_latents(gen, z, jax.random.fold_in(k, 1), cond=cond)
     if num > 1:  # search: the candidate that agrees best with the given cells
       given = kn[None, :, None, None, :]
       hit = (out & ctx[None] & given).sum(axis=(1, 2, 3, 4))
@@ -221,11 +212,12 @@ def _model_roll(gen, song, song_tracks: Sequence[int]) -> np.ndarray:
   return roll
 
 
-def inpaint(gen: "Generator", path: str, bars: Sequence[int], key: jax.Array, *, candidates: int = 64,
-            style: str | None = None) -> miditoolkit.MidiFile:
+def inpaint(gen: "sample_lib.Generator", path: str, bars: Sequence[int], key: jax.Array, *,
+            candidates: int = 64, style: str | None = None) -> miditoolkit.MidiFile:
   """Regenerates the 0-based `bars` of every track of a MIDI file with the run's tracks."""
   names = [t.name for t in gen.tracks]
-  midi, song, shift, inst_track = _read(gen, path, names)
+  midi = _load(gen, path)
+  song, shift, inst_track = _read(gen, midi, path, names)
   bad = [b + 1 for b in bars if not 0 <= b < song.num_bars]
   if bad:
     raise ConfigError(f"--bars: {path} has {song.num_bars} bars; bar(s) {bad} are outside it")
@@ -236,8 +228,8 @@ def inpaint(gen: "Generator", path: str, bars: Sequence[int], key: jax.Array, *,
   return _rebuild(gen, midi, song, shift, inst_track, filled, ~known)
 
 
-def accompany(gen: "Generator", path: str, given: Sequence[str], key: jax.Array, *, candidates: int = 64,
-              style: str | None = None) -> miditoolkit.MidiFile:
+def accompany(gen: "sample_lib.Generator", path: str, given: Sequence[str], key: jax.Array, *,
+              candidates: int = 64, style: str | None = None) -> miditoolkit.MidiFile:
   """Generates every track but `given` around them. The file holds either just the given parts
   (in that order) or all of the run's tracks (the others are then replaced)."""
   names = [t.name for t in gen.tracks]
@@ -247,13 +239,13 @@ def accompany(gen: "Generator", path: str, given: Sequence[str], key: jax.Array,
   if len(set(given)) == len(names):
     raise ConfigError("--given names every track: there is nothing to accompany")
   given_idx = [names.index(g) for g in given]
-  probe = midi_io.load_midi(path, config=_midi_config(gen, names))
-  parts = sum(1 for inst in probe.instruments if inst.notes)
+  midi = _load(gen, path)
+  parts = sum(1 for inst in midi.instruments if inst.notes)
   if parts == len(names) and len(given) != len(names):
-    midi, song, shift, inst_track = _read(gen, path, names)
+    song, shift, inst_track = _read(gen, midi, path, names)
     roll = _model_roll(gen, song, range(len(names)))
   else:
-    midi, song, shift, inst_track = _read(gen, path, list(given))
+    song, shift, inst_track = _read(gen, midi, path, list(given))
     inst_track = {k: given_idx[v] for k, v in inst_track.items() if v is not None}
     roll = _model_roll(gen, song, given_idx)
   known = np.zeros([song.num_bars, len(names)], bool)
