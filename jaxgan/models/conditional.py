@@ -76,11 +76,6 @@ class ConditionalGenerator(nn.Module):
   def latent_size(self) -> int:
     return self.noise_size
 
-  @property
-  def cond_size(self) -> int:
-    return ((self.context_features if self.context else 0)
-            + (self.style_features if self.num_styles else 0))
-
   @nn.compact
   def __call__(self, z: Array, *, train: bool, slope: float | Array = 1.0,
                rng: Array | None = None, binarize: str | None = None,

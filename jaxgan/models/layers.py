@@ -230,11 +230,7 @@ class Conv(nn.Module):
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     w = kernel.reshape(((g,) if g else ()) + (-1, self.features))
     y = _matmul(x, w, g, False, self.precision)
-    if bias is None:
-      return y
-    if g:
-      return y + bias.reshape((g,) + (1,) * (y.ndim - 2) + (-1,))
-    return y + bias
+    return _add_bias(y, bias, g, y.ndim - (3 if g else 2))
 
 
 class ConvTranspose(nn.Module):
