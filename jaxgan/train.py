@@ -7,6 +7,7 @@ the loop (data, logging, samples, evaluation, checkpoints, preemption).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -334,31 +335,52 @@ def warm_start(engine: Engine, state: State, source: str) -> State:
   return new
 
 
-def sample_metrics(engine: Engine, state: State, real: np.ndarray | None = None
+def _metric_spec(config):
+  from jaxgan import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
+  d = config.data
+  return metrics_lib.RollSpec(steps_per_beat=d.steps_per_beat, lowest_pitch=d.lowest_pitch,
+                              track_names=tuple(f"track{i}" for i in range(d.num_tracks)))
+
+
+@dataclasses.dataclass(frozen=True)
+class DataReference:
+  """What the default evaluation compares samples with, computed once per run: the real
+  windows' per-track metrics and per-window song features."""
+
+  track: dict[str, np.ndarray]
+  features: dict[str, np.ndarray]
+
+
+def data_reference(config, windows: np.ndarray) -> DataReference:
+  from jaxgan import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
+  spec = _metric_spec(config)
+  return DataReference(track=metrics_lib.track_metrics(windows, spec),
+                       features=metrics_lib.song_features(windows, spec))
+
+
+def sample_metrics(engine: Engine, state: State, reference: DataReference | None = None
                    ) -> dict[str, float]:
   """The default periodic evaluation: MuseGAN metrics of EMA samples, one scalar per track;
-  with `real` windows also how far they are from the data: eval/gap/<metric> (relative
-  difference, the data's value floored at 0.1, averaged over tracks; eval/gap/mean over
-  metrics) and the set-level overlapping area eval/oa/<feature> (eval/oa/mean; 1 = the same).
+  with a `reference` of real windows also how far they are from the data: eval/gap/<metric>
+  (relative difference, the data's value floored at 0.1, averaged over tracks; eval/gap/mean
+  over metrics) and the set-level overlapping area eval/oa/<feature> (eval/oa/mean; 1 = the
+  same).
   """
   from jaxgan import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
-  d = engine.config.data
   rolls = np.asarray(jax.device_get(
       engine.sample_ema(state, jax.random.PRNGKey(0), engine.config.train.eval_num)))
-  spec = metrics_lib.RollSpec(steps_per_beat=d.steps_per_beat, lowest_pitch=d.lowest_pitch,
-                              track_names=tuple(f"track{i}" for i in range(d.num_tracks)))
+  spec = _metric_spec(engine.config)
   out = {}
   generated = metrics_lib.track_metrics(rolls, spec)
   for name, values in generated.items():
     for i, v in enumerate(np.asarray(values, float)):
       if np.isfinite(v):
         out[f"eval/{name}/track{i}"] = float(v)
-  if real is None or not len(real):
+  if reference is None:
     return out
-  data = metrics_lib.track_metrics(real, spec)
   gaps = []
   for name, values in generated.items():
-    g, r = np.asarray(values, float), np.asarray(data[name], float)
+    g, r = np.asarray(values, float), np.asarray(reference.track[name], float)
     ok = np.isfinite(g) & np.isfinite(r)
     if ok.any():
       # Relative to the data's value, floored so that a metric the data has at ~0 (EB of
@@ -370,7 +392,7 @@ def sample_metrics(engine: Engine, state: State, real: np.ndarray | None = None
     out["eval/gap/mean"] = float(np.mean(gaps))
   areas = []
   for name, row in metrics_lib.compare_sets(metrics_lib.song_features(rolls, spec),
-                                            metrics_lib.song_features(real, spec)).items():
+                                            reference.features).items():
     if np.isfinite(row["OA"]):
       out[f"eval/oa/{name}"] = float(row["OA"])
       areas.append(float(row["OA"]))
@@ -478,8 +500,10 @@ def train_and_evaluate(config, workdir: str, *, data_mode: str = "shard",
   compile_s = time.perf_counter() - t0
   log.info("compiled the train step in %.1f s", compile_s)
 
-  evaluate_fn = evaluate_fn or (functools.partial(sample_metrics, real=_eval_windows(config))
-                                if tc.eval_every else None)
+  if evaluate_fn is None and tc.eval_every:
+    windows = _eval_windows(config)
+    reference = data_reference(config, windows) if windows is not None else None
+    evaluate_fn = functools.partial(sample_metrics, reference=reference)
   best = BestKeeper(workdir, tc.best_metric, tc.best_mode) if tc.best_metric else None
   writer = summary.Writer(workdir, enabled=is_lead)
   examples_per_step = tc.global_batch * config.loss.n_critic

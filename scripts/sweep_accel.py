@@ -63,6 +63,7 @@ def run(args) -> None:
       roll = pool[idx].reshape((n, b) + shape[1:]).astype(np.uint8)
       return jax.device_put({"pianoroll": roll, "style": np.zeros([n, b], np.int32)}, sharding_)
 
+    reference = train.data_reference(config, real)
     step_fn = engine.step.lower(state, batch()).compile()
     t = time.perf_counter()
     for step in range(1, args.steps + 1):
@@ -70,7 +71,7 @@ def run(args) -> None:
       if step % args.eval_every == 0 or step == args.steps:
         jax.block_until_ready(state)
         rate = step / (time.perf_counter() - t)
-        m = train.sample_metrics(engine, state, real)
+        m = train.sample_metrics(engine, state, reference)
         empty = np.mean([v for k, v in m.items() if k.startswith("eval/EB/")])
         print(f"| {name} | {step} | {m.get('eval/oa/mean', float('nan')):.3f} | "
               f"{m.get('eval/gap/mean', float('nan')):.3f} | {100 * empty:.0f} % | "

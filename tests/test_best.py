@@ -75,7 +75,7 @@ def test_default_eval_measures_the_distance_to_the_data(tmp_path):
   state = engine.init(jax.random.PRNGKey(0))
   real = train._eval_windows(config)
   assert real is not None and len(real) == 32
-  with_data = train.sample_metrics(engine, state, real)
+  with_data = train.sample_metrics(engine, state, train.data_reference(config, real))
   alone = train.sample_metrics(engine, state)
   assert "eval/gap/mean" in with_data and "eval/oa/mean" in with_data
   assert not any(k.startswith(("eval/gap", "eval/oa")) for k in alone)
