@@ -10,6 +10,7 @@ import pytest
 import jax
 
 from jaxgan import cli, config as config_lib, sample, train
+from tests.tiny_run import train_tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
@@ -53,10 +54,8 @@ def test_best_metric_needs_eval():
 
 def test_training_keeps_best_and_sample_reads_it(tmp_path, capsys):
   workdir = str(tmp_path / "run")
-  assert cli.main(["train", "--config", TINY, "--workdir", workdir, "--quiet",
-                   "--config.train.num_steps=4", "--config.train.ckpt_every=4",
-                   "--config.train.eval_every=2", "--config.train.eval_num=16",
-                   "--config.train.best_metric=eval/oa/mean"]) == 0
+  train_tiny(workdir, "--config.train.eval_every=2", "--config.train.eval_num=16",
+             "--config.train.best_metric=eval/oa/mean", steps=4)
   best = json.loads(open(os.path.join(workdir, "best", "best.json")).read())
   assert best["step"] in (2, 4) and 0.0 <= best["value"] <= 1.0
   gen = sample.Generator.from_workdir(workdir, best=True)

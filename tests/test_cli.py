@@ -10,6 +10,7 @@ import pytest
 
 from jaxgan import cli, sample
 from tests.test_data_build import _write_song
+from tests.tiny_run import train_tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
@@ -34,10 +35,7 @@ def test_prepare_midi_folder_lists_skipped_files(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("run")
-  assert cli.main(["train", "--config", TINY, "--workdir", str(workdir), "--quiet",
-                   "--config.train.num_steps=5", "--config.train.ckpt_every=5"]) == 0
-  return workdir
+  return train_tiny(tmp_path_factory.mktemp("run"))
 
 
 def test_bad_override_fails_before_training(tmp_path, capsys):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jaxgan import cli, config as config_lib, models, restore, sample
+from tests.tiny_run import train_tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
@@ -100,10 +101,7 @@ def test_parse_bars():
 
 
 def _train(workdir, *overrides):
-  assert cli.main(["train", "--config", TINY, "--workdir", str(workdir), "--quiet",
-                   "--config.train.num_steps=3", "--config.train.ckpt_every=3",
-                   *overrides]) == 0
-  return str(workdir)
+  return str(train_tiny(workdir, *overrides, steps=3))
 
 
 @pytest.fixture(scope="module")

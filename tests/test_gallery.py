@@ -14,9 +14,8 @@ import pytest
 from jaxgan import cli, gallery, render
 from jaxgan.midi import MidiConfig, Song, Track, to_pianoroll, write_midi
 from tests.test_render import WRITES_AUDIO, fake_fluidsynth, fake_soundfont, needs_fluidsynth
+from tests.tiny_run import train_tiny
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "tiny.py")
 ODD = 'zz odd <b> & "q"'  # a sample name that must be escaped in text and encoded in links
 TRACKS = (Track("piano & <keys>", 0), Track("bass", 33))
 GRID = gallery.Grid(steps_per_beat=4, lowest_pitch=36, num_pitches=48)
@@ -174,10 +173,7 @@ def test_gallery_without_fluidsynth_fails_before_sampling(tmp_path, monkeypatch,
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   # The same tiny run as tests/test_cli.py: its compilations are already in the cache.
-  workdir = tmp_path_factory.mktemp("run")
-  assert cli.main(["train", "--config", TINY, "--workdir", str(workdir), "--quiet",
-                   "--config.train.num_steps=5", "--config.train.ckpt_every=5"]) == 0
-  return workdir
+  return train_tiny(tmp_path_factory.mktemp("run"))
 
 
 def test_sample_and_gallery_from_a_trained_run(run, tmp_path, monkeypatch):
