@@ -114,10 +114,9 @@ class Generator:
 
   def condition(self, num: int, *, style: str | None = None, key: jax.Array | None = None):
     """Nothing given, with `style` (or random styles) for every piece; None if unconditional."""
-    if style is not None:
+    if style is not None:  # style_id raises unless the run is style-conditioned
       ids = jnp.full([num], self.style_id(style), jnp.int32)
-      return models.empty_condition(self.engine.data_shape, num, ids) if (
-          self.engine.conditional) else None
+      return models.empty_condition(self.engine.data_shape, num, ids)
     if not self.engine.conditional:
       return None
     return self.engine.empty_condition(key if key is not None else jax.random.PRNGKey(0), num)
