@@ -72,6 +72,8 @@ def base_config() -> ConfigDict:
   c.loss.critic_warmup_steps = 0     # MuseGAN: more D updates for the first steps...
   c.loss.critic_warmup_n = 100       # ...this many...
   c.loss.critic_every_n = 0          # ...and every this many steps too (0 = never)
+  c.loss.reuse_fake = False          # G update on the last critic update's fakes (one G
+                                     # forward less; what the ISMIR 2019 tutorial does)
 
   c.g_optim = optim_config(1e-3)
   c.d_optim = optim_config(1e-3)
@@ -289,6 +291,8 @@ def validate(config: ConfigDict) -> None:
     raise ConfigError("conditioning.accompany needs data.num_tracks >= 2")
   if not isinstance(cc.style, bool):
     raise ConfigError(f"conditioning.style={cc.style!r} must be true or false")
+  if not isinstance(config.loss.reuse_fake, bool):
+    raise ConfigError(f"loss.reuse_fake={config.loss.reuse_fake!r} must be true or false")
   for key in ("context_features", "style_features"):
     v = cc[key]
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:

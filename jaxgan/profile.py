@@ -149,13 +149,17 @@ def profile(config, workdir: str, *, steps: int = 50, warmup: int = 5, trace_ste
   if trace_steps:
     jax.profiler.stop_trace()
 
-  # XLA's cost analysis counts the body of the critic loop (a while loop) once: add the FLOPs of
-  # one critic update, compiled on its own, for every update the timed steps ran beyond the first.
+  # XLA's cost analysis counts the body of the critic loop (a while loop) once, whatever its trip
+  # count; with loss.reuse_fake the last critic update is outside the loop and counts once more
+  # (and a fixed single update has no loop). Add (or take off) the FLOPs of one critic update,
+  # compiled on its own, for every update the timed steps ran beyond those counted.
   n_critic_mean = float(np.mean(critic_counts))
-  looped = n_critic_mean > 1.0
-  critic_flops = _critic_flops(engine, state, batch) if looped else 0.0
-  flops += max(n_critic_mean - 1.0, 0.0) * critic_flops
-
+  counted = 1
+  if config.loss.reuse_fake and not engine.single_critic:
+    counted = 2
+  extra = n_critic_mean - counted
+  critic_flops = _critic_flops(engine, state, batch) if extra else 0.0
+  flops += extra * critic_flops
   peak, peak_source = device_peak()
   devices = jax.device_count()
   examples = tc.global_batch * config.loss.n_critic
@@ -178,9 +182,9 @@ def profile(config, workdir: str, *, steps: int = 50, warmup: int = 5, trace_ste
       "gflop_per_step": flops_per_step / 1e9,
       "n_critic_mean": n_critic_mean,
       "critic_gflop": critic_flops / 1e9,
-      "flop_accounting": (f"step + {max(n_critic_mean - 1.0, 0.0):g} x critic update "
-                          "(the critic loop body counts once in XLA's cost analysis)"
-                          if looped else "whole step: one critic update, counted once"),
+      "flop_accounting": (f"step {extra:+g} x critic update (XLA's cost analysis counts "
+                          f"{counted} of the {n_critic_mean:g})"
+                          if extra else "whole step, every critic update counted"),
       "achieved_gflop_s": flops_per_step / p50 / 1e9,
       "peak_gflop_s": peak * devices / 1e9,
       "peak_source": peak_source,

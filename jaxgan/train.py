@@ -24,6 +24,7 @@ import optax
 from jax.sharding import Mesh
 
 from jaxgan import checkpoint as ckpt_lib
+from jaxgan import hostmem
 from jaxgan import config as config_lib
 from jaxgan import losses, models, optim
 from jaxgan import sharding as shard_lib
@@ -42,6 +43,8 @@ class Engine:
   def __init__(self, config, mesh: Mesh):
     self.config = config
     self.mesh = mesh
+    if any(d.platform == "cpu" for d in mesh.devices.flat):
+      hostmem.keep_freed_memory()  # XLA's CPU scratch buffers would page-fault every step
     self.data_shape = config_lib.data_shape(config)
     self.cond = config_lib.conditioning(config)
     if config.conditioning.style and not self.cond["num_styles"]:
@@ -179,19 +182,26 @@ class Engine:
     return loss, dict(d_loss=loss, gp=gp, r1=r1, d_real=real_logits.mean(),
                       d_fake=fake_logits.mean())
 
-  def critic_update(self, g_params, g_stats, d_params, d_opt, real, style, key, slope):
+  def critic_update(self, g_params, g_stats, d_params, d_opt, real, style, key, slope,
+                    fake=None):
     """One D update on a real batch [B, ...] in [-1, 1] (and its styles [B]) against fresh
-    fakes: the body of the critic loop, also compiled on its own by `jaxgan profile` to count
-    its FLOPs per update."""
-    key_z, key_gp, key_bin = jax.random.split(key, 3)
-    cond = self.training_condition(jax.random.fold_in(key, 0xC0D), real, style)
-    fake, _ = self.generate(g_params, g_stats, self.latents(key_z, real.shape[0]), key_bin,
-                            train=True, slope=slope, cond=cond)
+    fakes (or the given `fake`, see `critic_fakes`): the body of the critic loop, also compiled
+    on its own by `jaxgan profile` to count its FLOPs per update."""
+    if fake is None:
+      fake, _ = self.critic_fakes(g_params, g_stats, real, style, key, slope)
+    _, key_gp, _ = jax.random.split(key, 3)
     grads, metrics = jax.grad(self._d_loss, has_aux=True)(
         d_params, real, jax.lax.stop_gradient(fake), style, key_gp)
     updates, d_opt = self.d_tx.update(grads, d_opt, d_params)
     metrics["d_grad_norm"] = optax.tree_utils.tree_norm(grads)
     return optax.apply_updates(d_params, updates), d_opt, metrics
+
+  def critic_fakes(self, g_params, g_stats, real, style, key, slope):
+    """The fakes (and G's new batch statistics) of the critic update keyed by `key`."""
+    key_z, _, key_bin = jax.random.split(key, 3)
+    cond = self.training_condition(jax.random.fold_in(key, 0xC0D), real, style)
+    return self.generate(g_params, g_stats, self.latents(key_z, real.shape[0]), key_bin,
+                         train=True, slope=slope, cond=cond)
 
   def _train_step(self, state: State, batch: dict[str, jax.Array]) -> tuple[State, dict]:
     lc = self.config.loss
@@ -210,19 +220,38 @@ class Engine:
     zero = jnp.zeros([], jnp.float32)
     empty = dict(d_loss=zero, gp=zero, r1=zero, d_real=zero, d_fake=zero, d_grad_norm=zero)
     n_critic = self.critic_count(state["step"])
-    d_params, d_opt, d_metrics = jax.lax.fori_loop(
-        0, n_critic, d_update, (state["d"], state["d_opt"], empty))
+    # With reuse_fake the last critic update runs after the loop, on fakes whose backward pass
+    # the G update then uses; a fixed single update needs no loop at all.
+    looped = n_critic - 1 if lc.reuse_fake else n_critic
+    carry = (state["d"], state["d_opt"], empty)
+    if not (lc.reuse_fake and self.single_critic):
+      carry = jax.lax.fori_loop(0, looped, d_update, carry)
+    d_params, d_opt, d_metrics = carry
 
-    key_z, key_bin = jax.random.split(g_rng)
-    z = self.latents(key_z, batch_size)
-    g_cond = self.training_condition(jax.random.fold_in(g_rng, 0xC0D), real_all[0], style_all[0])
+    if lc.reuse_fake:
+      i = n_critic - 1
+      real, style = real_all[i % n_batches], style_all[i % n_batches]
+      key = jax.random.fold_in(d_rng, i)
+      fake, g_vjp, g_stats = jax.vjp(
+          lambda g: self.critic_fakes(g, state["g_stats"], real, style, key, slope),
+          state["g"], has_aux=True)
+      d_params, d_opt, d_metrics = self.critic_update(
+          state["g"], state["g_stats"], d_params, d_opt, real, style, key, slope, fake=fake)
+      g_loss, fake_grad = jax.value_and_grad(
+          lambda x: losses.g_loss(lc.kind, self._d_fn(d_params, x, style)))(fake)
+      (g_grads,) = g_vjp(fake_grad)
+    else:
+      key_z, key_bin = jax.random.split(g_rng)
+      z = self.latents(key_z, batch_size)
+      g_cond = self.training_condition(jax.random.fold_in(g_rng, 0xC0D), real_all[0],
+                                       style_all[0])
 
-    def g_loss_fn(g_params):
-      fake, stats = self.generate(g_params, state["g_stats"], z, key_bin, train=True,
-                                  slope=slope, cond=g_cond)
-      return losses.g_loss(lc.kind, self._d_fn(d_params, fake, style_all[0])), stats
+      def g_loss_fn(g_params):
+        fake, stats = self.generate(g_params, state["g_stats"], z, key_bin, train=True,
+                                    slope=slope, cond=g_cond)
+        return losses.g_loss(lc.kind, self._d_fn(d_params, fake, style_all[0])), stats
 
-    (g_loss, g_stats), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state["g"])
+      (g_loss, g_stats), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state["g"])
     updates, g_opt = self.g_tx.update(g_grads, state["g_opt"], state["g"])
     g_params = optax.apply_updates(state["g"], updates)
     new_state = dict(
@@ -233,6 +262,12 @@ class Engine:
                    n_critic=n_critic, slope=jnp.asarray(slope, jnp.float32),
                    lr_g=self.g_lr(state["step"]), lr_d=self.d_lr(state["step"] * lc.n_critic))
     return new_state, metrics
+
+  @property
+  def single_critic(self) -> bool:
+    """Whether every step makes exactly one D update."""
+    lc = self.config.loss
+    return lc.n_critic == 1 and not lc.critic_warmup_steps and not lc.critic_every_n
 
   # ------------------------------------------------------------------------------------------
   # Sampling from the EMA generator (used for images and evaluation during training).
@@ -315,8 +350,16 @@ def load_run_config(workdir: str):
   with open(path) as f:
     config = config_lib.ConfigDict(json.load(f))
   config.data.meter = tuple(config.data.meter)
-  if "conditioning" not in config:  # runs from before conditioning existed
-    config.conditioning = config_lib.base_config().conditioning
+  # Runs from older versions lack keys added since: they get the defaults (the old behaviour).
+  base = config_lib.base_config()
+  for section, defaults in base.items():
+    if section == "model" or not isinstance(defaults, config_lib.ConfigDict):
+      continue
+    if section not in config:
+      config[section] = defaults
+    for key, value in defaults.items():
+      if key not in config[section]:
+        config[section][key] = value
   config.conditioning.styles = tuple(config.conditioning.styles)
   return config
 

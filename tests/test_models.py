@@ -123,6 +123,36 @@ def test_layer_norm_statistics_per_sample_and_group():
   _close(y.std(axis=(2, 3, 4)), jnp.ones((3, 2)), 1e-3)
 
 
+@pytest.mark.parametrize("groups,channels", [(0, 1), (0, 3), (4, 1), (4, 3)])
+def test_batch_norm_equals_flax_including_one_channel(groups, channels):
+  """The one-channel layout trick changes neither the maths nor the variables' names/shapes."""
+  shape = ((groups,) if groups else ()) + (5, 2, 3, channels)
+  x = 1.0 + 2.0 * jax.random.normal(KEY, shape)
+  axis = (0, -1) if groups else -1
+  ours, ref = layers.BatchNorm(groups=groups), nn.BatchNorm(axis=axis, momentum=0.9)
+  v = ours.init(KEY, x, train=False)
+  ref_v = {"params": v["params"]["bn"], "batch_stats": v["batch_stats"]["bn"]}
+  assert jax.tree.map(jnp.shape, v) == jax.tree.map(
+      jnp.shape, {"params": {"bn": ref_v["params"]}, "batch_stats": {"bn": ref_v["batch_stats"]}})
+  params = {"bn": {"scale": 0.5 + jnp.arange(np.prod(v["params"]["bn"]["scale"].shape),
+                                             dtype=jnp.float32).reshape(
+                                                 v["params"]["bn"]["scale"].shape),
+                   "bias": jnp.full(v["params"]["bn"]["bias"].shape, 0.25)}}
+  y, upd = ours.apply({"params": params, "batch_stats": v["batch_stats"]}, x, train=True,
+                      mutable=["batch_stats"])
+  y_ref, upd_ref = ref.apply({"params": params["bn"], "batch_stats": ref_v["batch_stats"]}, x,
+                             use_running_average=False, mutable=["batch_stats"])
+  _close(y, y_ref, 1e-5)
+  _close(upd["batch_stats"]["bn"]["mean"], upd_ref["batch_stats"]["mean"], 1e-6)
+  _close(upd["batch_stats"]["bn"]["var"], upd_ref["batch_stats"]["var"], 1e-5)
+  # Eval mode uses the running statistics.
+  stats = {"bn": {"mean": jnp.full_like(upd["batch_stats"]["bn"]["mean"], 1.0),
+                  "var": jnp.full_like(upd["batch_stats"]["bn"]["var"], 4.0)}}
+  y_eval = ours.apply({"params": params, "batch_stats": stats}, x, train=False)
+  scale = params["bn"]["scale"].reshape(((groups,) if groups else ()) + (1,) * 3 + (channels,))
+  _close(y_eval, (x - 1.0) / jnp.sqrt(4.0 + 1e-5) * scale + 0.25, 1e-5)
+
+
 # ------------------------------------------------------------------------ parameter counts
 
 

@@ -164,3 +164,45 @@ def test_checkpoint_from_one_device_restores_on_eight(tmp_path):
              for x in _leaves(restored["g"]))
   for x, y in zip(_leaves(jax.device_get(restored)), _leaves(jax.device_get(state))):
     np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("n_critic", [1, 3])
+def test_reuse_fake_updates_g_on_the_last_critic_fakes(n_critic):
+  """loss.reuse_fake: the G update is the gradient of the G loss, under the D just updated, at
+  the fakes (same latents, same batch statistics) of the last critic update, as in the tutorial."""
+  config = tiny(**{"loss.reuse_fake": True, "loss.n_critic": n_critic}, **SGD)
+  engine = train.Engine(config, sharding.make_mesh(devices=jax.devices()[:1]))
+  batch = _local_batches(config, 1)[0]
+  state = engine.init(jax.random.PRNGKey(3))
+  new, metrics = engine.step(state, batch)
+  new = jax.device_get(new)
+  assert int(metrics["n_critic"]) == n_critic
+  counts = [x for x in _leaves(new["d_opt"]) if np.asarray(x).dtype == np.int32]
+  assert counts and all(int(c) == n_critic for c in counts)
+
+  # The same step by hand: the critic updates, then G's gradient at the last update's fakes.
+  state = jax.device_get(engine.init(jax.random.PRNGKey(3)))
+  real = np.where(batch["pianoroll"] > 0, 1.0, -1.0).astype(np.float32)
+  style = batch["style"].astype(np.int32)
+  _, d_rng, _ = jax.random.split(state["rng"], 3)
+  slope = engine.slope(state["step"])
+  d, d_opt = state["d"], state["d_opt"]
+  critic_update = jax.jit(engine.critic_update)
+  for i in range(n_critic):
+    key = jax.random.fold_in(d_rng, i)
+    d, d_opt, _ = critic_update(state["g"], state["g_stats"], d, d_opt, real[i], style[i], key,
+                                slope)
+
+  def g_loss(g):
+    fake, stats = engine.critic_fakes(g, state["g_stats"], real[-1], style[-1], key, slope)
+    return -engine._d_fn(d, fake, style[-1]).mean(), stats  # pylint: disable=protected-access
+
+  (loss, stats), grads = jax.jit(jax.value_and_grad(g_loss, has_aux=True))(state["g"])
+  lr = config.g_optim.learning_rate
+  for got, p, g in zip(_leaves(new["g"]), _leaves(state["g"]), _leaves(grads)):
+    np.testing.assert_allclose(got, p - lr * g, rtol=1e-4, atol=1e-6)
+  for got, want in zip(_leaves(new["d"]), _leaves(d)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  for got, want in zip(_leaves(new["g_stats"]), _leaves(stats)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(metrics["g_loss"], loss, rtol=1e-5)

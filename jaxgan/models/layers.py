@@ -341,10 +341,22 @@ class BatchNorm(nn.Module):
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     axis = (0, -1) if self.groups else -1
-    return nn.BatchNorm(
+    one_channel = x.shape[-1] == 1
+    if one_channel:
+      # A size-1 channel axis last makes XLA's CPU reductions walk a stride of one element: the
+      # statistics and their gradient took 2.8 ms instead of 0.13 on a tutorial generator's
+      # output. Moving that axis next to the group axis is free (a bitcast), and the variables
+      # keep their shapes ((G, 1) or (1,)).
+      lead = 1 if self.groups else 0
+      x = x.reshape(x.shape[:lead] + (1,) + x.shape[lead:-1])
+      axis = (0, 1) if self.groups else 0
+    y = nn.BatchNorm(
       use_running_average=not train, axis=axis, momentum=self.momentum, epsilon=self.epsilon,
       dtype=self.dtype, param_dtype=self.param_dtype, name="bn",
     )(x)
+    if one_channel:
+      y = y.reshape(y.shape[:lead] + y.shape[lead + 1:] + (1,))
+    return y
 
 
 class LayerNorm(nn.Module):
