@@ -1,7 +1,8 @@
 """The ISMIR-2019 tutorial MuseGAN, exactly: the speed peer.
 
 5 tracks x 4 bars x 16 steps x 72 pitches (from MIDI 24), latent 128, G 313,951 / D 204,321
-parameters, WGAN-GP (lambda 10), one D update per G update on the same fake batch, Adam 1e-3 (0.5, 0.9), batch 16.
+parameters, WGAN-GP (lambda 10), one D update per G update on the same fake batch, Adam 1e-3
+(0.5, 0.9), batch 16.
 
 Data: synthetic by default (the tutorial's LPD-5 is not shipped). For real multi-track data run
 `jaxgan prepare midi_folder --manual-dir DIR` and train with `--config.data.name=midi_folder`.
