@@ -184,6 +184,7 @@ class JaxSide:
     self.info["g_params"] = count(self.state["g"])
     self.info["d_params"] = count(self.state["d"])
     self.info["n_critic"] = int(config.loss.n_critic)
+    self.info["reuse_fake"] = bool(config.loss.get("reuse_fake", False))
     self.info["global_batch"] = int(config.train.global_batch)
     self.info["data_shape"] = tuple(int(d) for d in self.engine.data_shape)
     self.info["model"] = {k: config.model.get(k) for k in ("arch", "conv_impl", "dtype", "binarize")
@@ -221,7 +222,8 @@ def jax_train(name: str, side: JaxSide, rolls: np.ndarray, steps: int) -> Conten
     state.update(step=step, data=data)
     run(1)
     m = side.info["model"]
-    c.note = ", ".join(f"{k}={v}" for k, v in m.items()) + " (+ EMA update, fresh G forward)"
+    extra = "EMA update" if side.info["reuse_fake"] else "EMA update, fresh G forward"
+    c.note = ", ".join(f"{k}={v}" for k, v in m.items()) + f" (+ {extra})"
 
   def run(n: int):
     step, data = state["step"], state["data"]
@@ -501,9 +503,9 @@ def main(argv: list[str] | None = None) -> int:
       "",
       "Median and min-max over the interleaved runs; each run = warm-up steps, then the timed "
       "steps. The compile column is one-off (torch.compile: first two steps; jaxgan: "
-      "`lower().compile()` of the step and of the sampler). jaxgan's step does a "
-      "little more work than the tutorial's (a second G forward for the G update and an EMA "
-      "update of G).",
+      "`lower().compile()` of the step and of the sampler). jaxgan's step also updates "
+      "an EMA of G, which the tutorial does not; with loss.reuse_fake off it also runs a "
+      "second G forward for the G update (see the notes column).",
   ]
   print("\n".join(lines))
   if args.json:
