@@ -121,6 +121,11 @@ def test_layer_norm_statistics_per_sample_and_group():
   y = jax.jit(ln.apply)(v, x)
   _close(y.mean(axis=(2, 3, 4)), jnp.zeros((3, 2)), 1e-4)
   _close(y.std(axis=(2, 3, 4)), jnp.ones((3, 2)), 1e-3)
+  # One-pass moments stay accurate when the mean is far from zero relative to the spread.
+  x = 20.0 + jax.random.normal(KEY, (3, 2, 4, 5, 6))
+  mean = x.mean(axis=(2, 3, 4), keepdims=True)
+  ref = (x - mean) / jnp.sqrt(jnp.square(x - mean).mean(axis=(2, 3, 4), keepdims=True) + 1e-5)
+  _close(jax.jit(ln.apply)(v, x), ref, 2e-3)
 
 
 @pytest.mark.parametrize("groups,channels", [(0, 1), (0, 3), (4, 1), (4, 3)])

@@ -382,8 +382,10 @@ class LayerNorm(nn.Module):
     # turns into slow scalar code (measured 3-4x slower forward + backward).
     axes = tuple(range(2 if self.groups else 1, x.ndim))
     xf = x.astype(jnp.float32)
+    # One pass for both moments, var = E[x^2] - E[x]^2 (flax's use_fast_variance): XLA reads x
+    # once for the two sums, forward and backward (-6 % on a tutorial train step on CPU).
     mean = xf.mean(axis=axes, keepdims=True)
-    var = jnp.square(xf - mean).mean(axis=axes, keepdims=True)
+    var = jnp.maximum(jnp.square(xf).mean(axis=axes, keepdims=True) - jnp.square(mean), 0.0)
     y = (xf - mean) * lax.rsqrt(var + self.epsilon)
     shape = g + (1,) * (x.ndim - 1 - len(g)) + (c,)
     y = y * scale.reshape(shape).astype(jnp.float32) + bias.reshape(shape).astype(jnp.float32)
