@@ -158,6 +158,33 @@ def test_windows_equal_slices_of_the_reference_pianoroll(data_dir, table):
     assert (roll == ONSET).sum() > 0
 
 
+def test_a_batch_of_windows_equals_the_windows_one_by_one(data_dir, table):
+  config = _config(data_dir, ("data.transpose", "5"))
+  maker = pipeline._RollMaker(table, config)
+  rng = np.random.default_rng(3)
+  windows = rng.integers(0, len(table.windows), 24)
+  draws = rng.random(24).astype(np.float32)
+  batch = maker.rolls(tf.constant(windows), tf.constant(draws))
+  for i in range(24):
+    one = maker.rolls(tf.constant(windows[i:i + 1]), tf.constant(draws[i:i + 1]))
+    np.testing.assert_array_equal(batch["pianoroll"][i].numpy(), one["pianoroll"][0].numpy())
+    assert int(batch["style"][i]) == int(one["style"][0]) == table.styles[table.windows[windows[i], 0]]
+  # The draw picks the shift: the lowest draw the lowest feasible shift, the highest the highest.
+  low = maker.rolls(tf.constant(windows[:1]), tf.constant([0.0]))["pianoroll"][0].numpy()
+  high = maker.rolls(tf.constant(windows[:1]), tf.constant([0.999]))["pianoroll"][0].numpy()
+  rows = lambda r: np.nonzero(r.any(axis=(0, 1, 3)))[0]
+  assert rows(high)[0] - rows(low)[0] == 10   # -5 .. +5 (the chorales sit well inside 84 rows)
+
+
+def test_batched_index_shuffle_matches_the_per_index_permutation():
+  index = np.arange(40, dtype=np.int64)
+  seeds = np.stack([np.full(40, 11), np.arange(40) // 7], 1).astype(np.int64)
+  batched = pipeline._index_shuffle(tf.constant(index), tf.constant(seeds), 39).numpy()
+  single = [int(tf.random.experimental.index_shuffle(tf.constant(i), tf.constant(s), 39))
+            for i, s in zip(index, seeds)]
+  np.testing.assert_array_equal(batched, single)
+
+
 def test_hand_made_window_keeps_repeats_and_cuts_at_the_edges(data_dir):
   config = _config_one_bar(data_dir)
   low = config.data.lowest_pitch
