@@ -201,7 +201,7 @@ class _RollMaker:
         d.n_bars, d.lowest_pitch, d.num_pitches, d.num_tracks)
     self.notes = tf.constant(table.notes)
     self.offsets = tf.constant(table.offsets)
-    self.windows = tf.constant(table.windows.astype(np.int64).reshape(-1, 2))
+    self.windows = tf.constant(table.windows.astype(np.int64))
     self.styles = tf.constant(table.styles)
     drum = np.zeros([max(d.num_tracks, 1)], bool)
     drum[list(table.drum_tracks)] = True
