@@ -70,7 +70,7 @@ def cmd_profile(args, extra) -> int:
   from jaxgan import profile  # pylint: disable=import-outside-toplevel
   result = profile.profile(config, args.workdir, steps=args.steps, warmup=args.warmup,
                            trace_steps=args.trace_steps, data_mode=args.data_mode,
-                           input=args.input)
+                           input=args.input, start_step=args.start_step)
   if args.json:
     import json  # pylint: disable=import-outside-toplevel
     print(json.dumps(result, indent=2))
@@ -302,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--data-mode", default="shard", choices=("shard", "replicate"))
   p.add_argument("--input", default="pipeline", choices=("pipeline", "synthetic"),
                  help="synthetic: one random on-device batch, timing the step alone")
+  p.add_argument("--start-step", type=int, default=None,
+                 help="step counter of the first step (default: past the critic warm-up, "
+                      "so that the steady state is timed; 0 times the warm-up)")
   p.add_argument("--json", action="store_true", help="machine-readable output")
   _add_distributed_flags(p)
   p.set_defaults(func=cmd_profile)

@@ -45,3 +45,25 @@ def test_every_critic_update_is_counted(tmp_path):
 def test_unknown_input_is_refused(tmp_path):
   with pytest.raises(ValueError, match="input='disk'; allowed: pipeline, synthetic"):
     profile.profile(config_lib.load_config(TINY), str(tmp_path), steps=1, input="disk")
+
+
+def test_steady_step_skips_the_critic_warmup_and_periodic_steps():
+  lpd5 = config_lib.load_config(os.path.join(ROOT, "configs", "musegan_lpd5.py"))
+  assert profile.steady_step(lpd5) == 25   # 100 D updates per step before that
+  assert profile.steady_step(config_lib.load_config(TINY)) == 0
+  periodic = config_lib.load_config(TINY, ["--config.loss.critic_every_n=5"])
+  assert profile.steady_step(periodic) == 1   # step 0 is a periodic many-critic step
+
+
+def test_profile_times_the_steady_state_unless_told_otherwise(tmp_path):
+  schedule = ["--config.loss.critic_warmup_steps=3", "--config.loss.critic_warmup_n=4"]
+  steady = profile.profile(config_lib.load_config(TINY, schedule), str(tmp_path / "a"),
+                           steps=2, warmup=1, trace_steps=0, input="synthetic")
+  assert steady["start_step"] == 3 and steady["n_critic_mean"] == 1.0
+  early = profile.profile(config_lib.load_config(TINY, schedule), str(tmp_path / "b"),
+                          steps=2, warmup=0, trace_steps=0, input="synthetic", start_step=0)
+  assert early["start_step"] == 0 and early["n_critic_mean"] == 4.0
+  assert early["gflop_per_step"] > 2 * steady["gflop_per_step"]
+  with pytest.raises(ValueError, match="start_step=-1"):
+    profile.profile(config_lib.load_config(TINY), str(tmp_path / "c"), steps=1,
+                    input="synthetic", start_step=-1)
