@@ -30,6 +30,9 @@ from jaxgan import losses, models, optim
 from jaxgan import sharding as shard_lib
 
 log = logging.getLogger("jaxgan")
+# The smallest piece `Engine.sample_chunks` cuts a CPU sampling batch into.
+SAMPLE_CHUNK_MIN = 32
+
 State = dict[str, Any]
 
 
@@ -136,9 +139,35 @@ class Engine:
     # tanh(a) > 0 exactly where a > 0: threshold the pre-activation and skip the tanh, the
     # costliest op of the sampler (one per output cell).
     override = "threshold" if mode in ("none", "threshold") else None
-    out, _ = self.generate(g_params, g_stats, z, key, train=False, slope=slope, cond=cond,
-                           binarize=override)
-    return out > 0
+    if self.conditional and cond is None:
+      cond = self.empty_condition(key, z.shape[0])   # drawn once, whatever the chunking
+    # Chunking is only for deterministic outputs: a stochastic mode's draws would then depend
+    # on the chunk count, and with it on the platform.
+    chunks = self.sample_chunks(z.shape[0]) if override else 1
+    outs = []
+    for i in range(chunks):
+      part = lambda a: jnp.split(a, chunks)[i] if chunks > 1 else a  # noqa: E731
+      out, _ = self.generate(g_params, g_stats, part(z), key, train=False, slope=slope,
+                             cond=jax.tree.map(part, cond), binarize=override)
+      outs.append(out > 0)
+    return outs[0] if chunks == 1 else jnp.concatenate(outs)
+
+  def sample_chunks(self, num: int) -> int:
+    """How many independent pieces a CPU sampler splits a batch of `num` into.
+
+    In eval mode every sample is independent of the others (BatchNorm uses its running
+    statistics), so the pieces compute exactly what one batch does. On a CPU they run
+    concurrently on the cores with activations a fraction of the size (the tutorial G's per-track
+    activations are 31 MB at batch 256): 8 pieces sample 1.2-1.6x faster at batch 256-4,096.
+    Accelerators and multi-device meshes keep one batch (their kernels want it whole; a piece
+    would sit on one device).
+    """
+    if self.mesh.size != 1 or self.mesh.devices.flat[0].platform != "cpu":
+      return 1
+    for n in (8, 4, 2):
+      if num % n == 0 and num // n >= SAMPLE_CHUNK_MIN:
+        return n
+    return 1
 
   def training_condition(self, key, real, style):
     if not self.conditional:
