@@ -65,7 +65,7 @@ def _critic_flops(engine, state, batch) -> float:
   """FLOPs of one D update (the critic loop's body) as compiled on its own."""
   real = jnp.zeros(batch["pianoroll"].shape[1:], jnp.float32)
   style = jnp.zeros(batch["style"].shape[1:], jnp.int32)
-  fn = jax.jit(engine.critic_update)
+  fn = engine.jit(engine.critic_update)
   compiled = fn.lower(state["g"], state["g_stats"], state["d"], state["d_opt"], real, style,
                       jax.random.PRNGKey(0), jnp.float32(1.0)).compile()
   return _flops(compiled)

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -122,7 +123,6 @@ class Generator:
     return self.engine.empty_condition(key if key is not None else jax.random.PRNGKey(0), num)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
 def _generate(engine, variables, z, key, step, binarize: str, cond=None,
               temperature=1.0) -> jax.Array:
   """One compiled function per (engine, shape, mode): latents -> bool piano-rolls."""
@@ -136,6 +136,12 @@ def _generate(engine, variables, z, key, step, binarize: str, cond=None,
   # (x + 1) / 2 at T = 1; binary-neuron outputs (exactly +-1) stay as they are.
   logit = 2.0 * jnp.arctanh(jnp.clip(out, -1.0 + 1e-6, 1.0 - 1e-6))
   return jax.random.bernoulli(jax.random.fold_in(key, 1), jax.nn.sigmoid(logit / temperature))
+
+
+@functools.cache
+def _generate_jit(options: tuple[tuple[str, Any], ...]) -> Callable:
+  """`_generate` compiled with an engine's compiler options (one jit per set of options)."""
+  return jax.jit(_generate, static_argnums=(0, 5), compiler_options=dict(options) or None)
 
 
 def latents(key: jax.Array, num: int, size: int, *, truncation: float | None = None) -> jax.Array:
@@ -188,9 +194,9 @@ def decode_latents(gen: Generator, z: jax.Array, key: jax.Array, *,
     z = jax.device_put(z, shard_lib.batch(mesh))
     if cond is not None:
       cond = jax.device_put(cond, shard_lib.batch(mesh))
-  return np.asarray(jax.device_get(
-      _generate(gen.engine, gen.variables, z, key, gen.step, binarize, cond,
-                jnp.float32(temperature))))
+  generate = _generate_jit(tuple(sorted((gen.engine.compiler_options or {}).items())))
+  return np.asarray(jax.device_get(generate(gen.engine, gen.variables, z, key, gen.step,
+                                            binarize, cond, jnp.float32(temperature))))
 
 
 def sample(gen: Generator, key: jax.Array, num: int, *, bars: int | None = None,

@@ -222,3 +222,18 @@ def test_cpu_sampler_pieces_compute_what_one_batch_does(overrides):
   assert 0.001 < whole.mean() < 0.999
   # Same maths; different matmul blocking may flip a cell sitting exactly on the threshold.
   assert np.mean(pieces != whole) < 1e-4
+
+
+def test_cpu_kernels_compile_at_llvm_o1_unless_xla_flags_choose():
+  level = {"xla_backend_optimization_level": 1}
+  assert train.compiler_options("cpu", "") == level
+  assert train.compiler_options("cpu", "--xla_force_host_platform_device_count=8") == level
+  assert train.compiler_options("cpu", "--xla_backend_optimization_level=3") is None
+  assert train.compiler_options("gpu", "") is None and train.compiler_options("tpu", "") is None
+  engine = train.Engine(tiny(), sharding.make_mesh(devices=jax.devices()[:1]))
+  assert engine.compiler_options == train.compiler_options("cpu")
+  # The option reaches XLA: an unknown name would be refused when the step compiles.
+  bad = jax.jit(lambda x: x + 1, compiler_options={"xla_no_such_option": 1})
+  with pytest.raises(Exception, match="xla_no_such_option"):
+    bad.lower(np.ones(3, np.float32)).compile()
+  np.testing.assert_array_equal(engine.jit(lambda x: x + 1)(np.ones(3, np.float32)), 2.0)
