@@ -63,9 +63,10 @@ class Engine:
   def __init__(self, config, mesh: Mesh):
     self.config = config
     self.mesh = mesh
-    if any(d.platform == "cpu" for d in mesh.devices.flat):
+    self.platform = mesh.devices.flat[0].platform
+    if self.platform == "cpu":
       hostmem.keep_freed_memory()  # XLA's CPU scratch buffers would page-fault every step
-    self.compiler_options = compiler_options(mesh.devices.flat[0].platform)
+    self.compiler_options = compiler_options(self.platform)
     self.data_shape = config_lib.data_shape(config)
     self.cond = config_lib.conditioning(config)
     if config.conditioning.style and not self.cond["num_styles"]:
@@ -185,7 +186,7 @@ class Engine:
     batch 1,024 and 1.30x at 4,096, no measurable change at 256. Accelerators and multi-device
     meshes keep one batch (their kernels want it whole; a piece would sit on one device).
     """
-    if self.mesh.size != 1 or self.mesh.devices.flat[0].platform != "cpu":
+    if self.mesh.size != 1 or self.platform != "cpu":
       return 1
     for n in (8, 4, 2):
       if num % n == 0 and num // n >= SAMPLE_CHUNK_MIN:
@@ -248,6 +249,21 @@ class Engine:
     metrics["d_grad_norm"] = optax.tree_utils.tree_norm(grads)
     return optax.apply_updates(d_params, updates), d_opt, metrics
 
+  def generator_grads(self, g_params, g_stats, d_params, real, style, key, slope):
+    """G's loss against D on fresh fakes keyed by `key` (a batch of real's size, conditioned
+    on `real` and `style` where the model is), G's new batch statistics and its gradients: the
+    G update without reuse_fake."""
+    key_z, key_bin = jax.random.split(key)
+    z = self.latents(key_z, real.shape[0])
+    cond = self.training_condition(jax.random.fold_in(key, 0xC0D), real, style)
+
+    def g_loss_fn(g):
+      fake, stats = self.generate(g, g_stats, z, key_bin, train=True, slope=slope, cond=cond)
+      return losses.g_loss(self.config.loss.kind, self._d_fn(d_params, fake, style)), stats
+
+    (g_loss, new_stats), grads = jax.value_and_grad(g_loss_fn, has_aux=True)(g_params)
+    return g_loss, new_stats, grads
+
   def critic_fakes(self, g_params, g_stats, real, style, key, slope):
     """The fakes (and G's new batch statistics) of the critic update keyed by `key`."""
     key_z, _, key_bin = jax.random.split(key, 3)
@@ -259,7 +275,7 @@ class Engine:
     lc = self.config.loss
     real_all = jnp.where(batch["pianoroll"] > 0, 1.0, -1.0).astype(jnp.float32)
     style_all = batch["style"].astype(jnp.int32)
-    n_batches, batch_size = real_all.shape[:2]
+    n_batches = real_all.shape[0]
     rng, d_rng, g_rng = jax.random.split(state["rng"], 3)
     slope = self.slope(state["step"])
 
@@ -293,17 +309,8 @@ class Engine:
           lambda x: losses.g_loss(lc.kind, self._d_fn(d_params, x, style)))(fake)
       (g_grads,) = g_vjp(fake_grad)
     else:
-      key_z, key_bin = jax.random.split(g_rng)
-      z = self.latents(key_z, batch_size)
-      g_cond = self.training_condition(jax.random.fold_in(g_rng, 0xC0D), real_all[0],
-                                       style_all[0])
-
-      def g_loss_fn(g_params):
-        fake, stats = self.generate(g_params, state["g_stats"], z, key_bin, train=True,
-                                    slope=slope, cond=g_cond)
-        return losses.g_loss(lc.kind, self._d_fn(d_params, fake, style_all[0])), stats
-
-      (g_loss, g_stats), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state["g"])
+      g_loss, g_stats, g_grads = self.generator_grads(state["g"], state["g_stats"], d_params,
+                                                      real_all[0], style_all[0], g_rng, slope)
     updates, g_opt = self.g_tx.update(g_grads, state["g_opt"], state["g"])
     g_params = optax.apply_updates(state["g"], updates)
     new_state = dict(

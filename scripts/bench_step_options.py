@@ -42,7 +42,7 @@ def python_loop_step(engine) -> Callable[[Any, dict[str, Any]], tuple[Any, dict[
   import jax
   import jax.numpy as jnp
   import optax
-  from jaxgan import losses, optim
+  from jaxgan import optim
 
   lc = engine.config.loss
   critic = engine.jit(engine.critic_update, donate_argnums=(2, 3))
@@ -55,17 +55,8 @@ def python_loop_step(engine) -> Callable[[Any, dict[str, Any]], tuple[Any, dict[
 
   @functools.partial(engine.jit, donate_argnums=0)
   def g_update(state, real0, style0, g_rng, rng, slope):
-    key_z, key_bin = jax.random.split(g_rng)
-    z = engine.latents(key_z, real0.shape[0])
-    cond = engine.training_condition(jax.random.fold_in(g_rng, 0xC0D), real0, style0)
-
-    def g_loss_fn(g_params):
-      fake, stats = engine.generate(g_params, state["g_stats"], z, key_bin, train=True,
-                                    slope=slope, cond=cond)
-      logits = engine._d_fn(state["d"], fake, style0)  # pylint: disable=protected-access
-      return losses.g_loss(lc.kind, logits), stats
-
-    (_, g_stats), grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state["g"])
+    _, g_stats, grads = engine.generator_grads(state["g"], state["g_stats"], state["d"], real0,
+                                               style0, g_rng, slope)
     updates, g_opt = engine.g_tx.update(grads, state["g_opt"], state["g"])
     g_params = optax.apply_updates(state["g"], updates)
     return dict(state, step=state["step"] + 1, g=g_params, g_stats=g_stats, g_opt=g_opt,
