@@ -17,9 +17,13 @@ bar, a pitch metric on a drum track, DP on a pitched track.
 Written definitions (the default):
 - EB: fraction of bars with no note.
 - UPC: pitch classes used per bar, pitch class = (lowest_pitch + row) % 12.
-- QN: fraction of notes at least 3/24 of a beat long (3 steps at 24 steps per beat). A note of
-  d steps qualifies iff d / steps_per_beat >= 3 / 24, i.e. d >= ceil(steps_per_beat / 8): the
-  ceil is the exact rescaling, not a rounding choice. At 4 steps per beat every note qualifies.
+- QN: fraction of qualified notes: notes at least 3/24 of a beat long (3 steps at 24 steps per
+  beat) and at least two steps long. MuseGAN's threshold marks fragments, notes shorter than the
+  grid's musical unit; on a grid coarser than 8 steps per beat 3/24 beat is one step or less, so
+  every note would qualify (QN 100 % for noise and Bach alike). There the shortest note the grid
+  can write is the fragment, and a qualified note is one of two steps or more: an 8th note at 4
+  steps per beat. In steps: max(2, ceil(3 * steps_per_beat / 24)); the ceil is the exact
+  rescaling of 3/24 beat, so 12, 16, 24 and 48 steps per beat keep 2, 2, 3 and 6 steps.
 - PP: fraction of the bar's time steps with two or more pitches sounding.
 - DP (drum tracks): onsets weighted 1 on a grid line, 0.3 near one, 0 elsewhere, over the number
   of onsets, best over the grid's circular shifts. The grid is the 16th note where that spans at
@@ -44,7 +48,8 @@ Extras (the same in both modes):
   of pitches // 12 rows (7 for 84 pitches; the later code pads to a multiple of 12 first, which
   is used here when pitches is not one), so C1, C2, C3 of an 84-pitch roll from C1 fall in
   blocks 0, 1 and 3. This changes UPC and TD, which then use blocks as if they were pitch classes;
-- QN counts notes of at least 2 steps at 24 steps per beat (ceil(steps_per_beat / 12));
+- QN counts notes of at least 2 steps at 24 steps per beat (ceil(steps_per_beat / 12)), with no
+  two-step floor: at 4 steps per beat every note qualifies there, as in the original code;
 - TD is a mean over bars of the mean over the bar's beats; a bar where either track is silent
   for a whole beat gives NaN and is dropped;
 - DP keeps the 0.3-weighted filter and its shifts: that is what the AAAI-era code used. The 0.1
@@ -158,9 +163,11 @@ def _fold_v1(x: np.ndarray) -> np.ndarray:
   return x.reshape(x.shape[:-1] + (12, -1)).sum(-1, dtype=np.int32)
 
 
-def _qn_min_steps(steps_per_beat: int, v1_compat: bool) -> int:
-  """Shortest qualified note in steps: 3 (written) or 2 (v1) steps at 24 steps per beat."""
-  return max(1, -(-steps_per_beat * (2 if v1_compat else 3) // 24))
+def qn_min_steps(steps_per_beat: int, v1_compat: bool = False) -> int:
+  """Shortest qualified note in steps: 3/24 beat and two steps (written), 2/24 beat (v1)."""
+  if v1_compat:
+    return max(1, -(-steps_per_beat * 2 // 24))
+  return max(2, -(-steps_per_beat * 3 // 24))
 
 
 def _drum_filter(steps_per_beat: int) -> np.ndarray | None:
@@ -228,7 +235,7 @@ def _bar_values(active: np.ndarray, onsets: np.ndarray, spec: RollSpec, v1_compa
   out["UPC"] = np.where(nonempty, (pcs > 0).sum(-1), np.nan)
 
   # QN: a note lasts >= L steps iff its next L - 1 cells continue it (active, no new onset).
-  min_len = _qn_min_steps(spb, v1_compat)
+  min_len = qn_min_steps(spb, v1_compat)
   num_qualified = notes_per_bar
   if min_len > 1:
     cont = np.greater(active, onsets)  # active & ~onsets
@@ -281,9 +288,12 @@ def _bar_values(active: np.ndarray, onsets: np.ndarray, spec: RollSpec, v1_compa
   return out, onsets_per_pitch
 
 
-def _beat_tonal_distances(active: np.ndarray, spec: RollSpec, v1_compat: bool
-                          ) -> tuple[np.ndarray, np.ndarray]:
-  """Per-beat tonal distances [N, B, beats, T, T] and where both tracks sound (bool, same shape)."""
+def beat_tonal_distances(active: np.ndarray, spec: RollSpec, v1_compat: bool = False
+                         ) -> tuple[np.ndarray, np.ndarray]:
+  """Per-beat tonal distances [N, B, beats, T, T] and where both tracks sound (bool, same shape).
+
+  `active` is bool [N, bars, tracks, steps, pitches], row 0 = `spec.lowest_pitch`.
+  """
   n, b, t, s, p = active.shape
   spb = spec.steps_per_beat
   beats = s // spb
@@ -340,7 +350,7 @@ def pair_metrics(rolls: np.ndarray, spec: RollSpec, *, v1_compat: bool = False
   total, count, per_bar = 0.0, 0, []
   for chunk in _chunks(rolls):
     active, _ = _notes(chunk, spec, use_marks=False, need_onsets=False)
-    dist, both = _beat_tonal_distances(active, spec, v1_compat)  # [n, B, beats, T, T]
+    dist, both = beat_tonal_distances(active, spec, v1_compat)  # [n, B, beats, T, T]
     if v1_compat:
       # The original averaged beats per bar (NaN if a beat is silent in either track), then bars.
       with np.errstate(invalid="ignore"):  # bars shorter than a beat: no beats, NaN
@@ -390,7 +400,7 @@ def _song_features(rolls: np.ndarray, spec: RollSpec) -> dict[str, np.ndarray]:
       bottom = np.where(used[:, t], rows, rows.size).min(-1)
       features[f"pitch_range/{track}"] = np.where(top >= 0, top - bottom, np.nan).astype(float)
 
-  dist, both = _beat_tonal_distances(active, spec, v1_compat=False)
+  dist, both = beat_tonal_distances(active, spec, v1_compat=False)
   td = _safe_div(np.where(both, dist, 0.0).sum((1, 2)), both.sum((1, 2)))  # [N, T, T]
   pitched = [t for t in range(spec.num_tracks) if not drums[t]]
   for i, a in enumerate(pitched):

@@ -133,9 +133,20 @@ def test_qn_thresholds():
 
 
 def test_qn_threshold_scales_with_resolution():
-  # 3/24 of a beat: ceil(spb / 8) steps; v1's 2/24: ceil(spb / 12); never below one step.
-  assert [M._qn_min_steps(s, False) for s in (4, 8, 12, 16, 24, 48)] == [1, 1, 2, 2, 3, 6]
-  assert [M._qn_min_steps(s, True) for s in (4, 12, 24, 48)] == [1, 1, 2, 4]
+  # 3/24 of a beat, ceil(spb / 8) steps, and never below two steps; v1's 2/24: ceil(spb / 12).
+  assert [M.qn_min_steps(s) for s in (4, 8, 12, 16, 24, 48)] == [2, 2, 2, 2, 3, 6]
+  assert [M.qn_min_steps(s, v1_compat=True) for s in (4, 12, 24, 48)] == [1, 1, 2, 4]
+
+
+def test_qn_on_a_16th_note_grid_tells_fragments_from_notes():
+  # At 4 steps per beat 3/24 beat is under one step: the written QN counts notes of 2+ steps
+  # (8ths and longer), so 16ths are the fragments; v1 keeps its one-step threshold.
+  spec = M.RollSpec(4, 24, ("v",))
+  r = np.zeros((1, 1, 16, 84, 1), np.uint8)
+  for start, length in ((0, 1), (1, 1), (2, 2), (4, 4), (8, 8)):
+    note(r, 0, C4 + start, start, length)
+  assert M.track_metrics(r, spec)["QN"][0] == 3 / 5
+  assert M.track_metrics(r, spec, v1_compat=True)["QN"][0] == 1.0
 
 
 def test_touching_repeated_notes_use_onset_marks():
