@@ -30,6 +30,9 @@ Written definitions (the default):
   least two steps (steps_per_beat divisible by 4 and >= 8), else the 8th note; "near" is within
   1/24 beat but at least one step. At 24 steps per beat this is the original filter
   [1, .3, 0, 0, 0, .3] with its six shifts. Odd steps_per_beat has no 8th grid: DP is NaN.
+  Below 8 steps per beat every onset lies on the 16th grid, so DP measures 8th-note alignment:
+  at 4 steps per beat a straight 8th-note groove scores 1, onsets on random 16ths about 0.65,
+  and a 16th-note hi-hat groove scores like them.
 - TD (Harte, Sandler & Gasser 2006): per beat each track's 12-bin chroma (sounding cells per
   pitch class), L1-normalised, mapped by the 6x12 tonal-centroid matrix (radii 1, 1, 0.5); the
   L2 distance between two tracks' centroids, averaged over all beats where both tracks sound.

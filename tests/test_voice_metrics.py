@@ -415,6 +415,20 @@ def test_accompaniment_scores():
     VM.accompaniment_scores(truth, truth, given=(0, 1, 2, 3))
 
 
+def test_restoration_report_with_baselines(chorales):
+  truth = bach_windows(chorales)
+  hidden = VM.bar_span_mask(len(truth), truth.num_bars, BAR, 4, seed=0)
+  result = VM.restoration_report(truth, {"Bach": truth}, hidden, onsets_at_changes=True)
+  methods = result["methods"]
+  assert list(methods) == ["Bach", "repeat previous bar", "hold previous note"]
+  assert methods["Bach"]["all"]["cell_accuracy"] == 1.0 and methods["Bach"]["all"]["onset_f1"] == 1.0
+  repeat, hold = methods["repeat previous bar"]["all"], methods["hold previous note"]["all"]
+  assert repeat["cells"] == hidden.sum() and 0.05 < repeat["cell_accuracy"] < 0.6
+  assert hold["onset_recall"] < 0.05 < repeat["onset_recall"]
+  json.dumps(result, allow_nan=False)
+  assert len(result["table"].splitlines()) == 1 + 3 * 5  # header, 3 methods x (4 voices + all)
+
+
 def test_masked_nll():
   k = 5
   log_probs = np.full((1, 3, 4, k), -math.log(k))
@@ -460,6 +474,17 @@ def test_report_of_bach_against_itself_is_within_target(chorales):
   assert len(lines) == result["total"] + 2
   assert {r["statistic"] for r in result["rows"]} == (set(VM.STATISTICS) | {"TD"}
                                                       | set(VM.VOICE_LEADING))
+
+
+def test_report_can_count_notes_at_pitch_changes_only(chorales):
+  bach = bach_windows(chorales)
+  eighths = np.zeros(bach.pitch.shape, bool)
+  eighths[:, ::2] = True
+  restruck = bach.replace(onset=bach.onset | (eighths & (bach.pitch >= 0)))  # struck every 8th
+  rows = {(r["statistic"], r["voice"]): r for r in VM.report(restruck, bach)["rows"]}
+  assert not rows["notes_per_bar", "soprano"]["ok"]
+  result = VM.report(restruck, bach, onsets_at_changes=True)
+  assert result["passed"] == result["total"]
 
 
 def test_report_reads_rolls_and_flags_noise(chorales):
