@@ -43,9 +43,11 @@ are not transitions: no rule can fire on them, and the standard split cannot sho
 - out_of_range: a note (onset) outside its voice's range, per note.
 Parallels and hidden intervals are counted on all pairs, crossing and overlap on adjacent pairs,
 spacing on the adjacent pairs above the lowest voice. A rate is events / transitions of the
-rule's pairs. Music21's `VoiceLeadingQuartet` agrees on real chorales up to spelling (it calls
-a diminished 6th no fifth) and its `parallelFifth` / `parallelOctave` also count contrary
-("antiparallel") motion, which is left out here.
+rule's pairs. Music21's `VoiceLeadingQuartet` agrees on every transition of the chorales
+tested but where spelling decides: a diminished fifth moving to a perfect fifth in similar
+motion is a hidden fifth here and generic parallel motion there (a diminished 6th would be no
+fifth there either). Its `parallelFifth` / `parallelOctave` also count contrary ("antiparallel")
+motion, which is left out here, and it keeps unisons apart from octaves.
 
 Restoration and accompaniment (`restoration_scores`, `accompaniment_scores`): per voice, over
 the hidden cells, the share with the right pitch (a rest counts as a pitch), with the right pitch
