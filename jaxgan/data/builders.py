@@ -46,7 +46,7 @@ import tensorflow_datasets as tfds
 
 from jaxgan.data import corpus, standard
 from jaxgan.data import match as match_lib
-from jaxgan.midi import (MidiConfig, MidiError, Vocabulary, encode, load_midi, load_song,
+from jaxgan.midi import (MidiConfig, MidiError, Vocabulary, encode, load_song,
                          song_to_midi)
 from jaxgan.midi.song import DURATION, ONSET, PITCH, TRACK, Song, Track
 
@@ -565,7 +565,7 @@ class JsbChoralesStandard(_SongBuilder):
     converted = list(convert_pieces(corpus_pieces, num_workers=self._num_workers,
                                     progress=self._progress, desc=f"{self.name}: music21"))
     by_name = {r.name: r for r in converted}
-    chorales = _corpus_chorales(corpus_pieces, converted)
+    chorales = [c for c in map(standard.corpus_chorale, converted) if c is not None]
     names = [(split, i) for split in SPLITS for i in range(len(self._chorales[split]))]
     frames = [self._chorales[split][i] for split, i in names]
     meters, matches = standard.recover_meters(frames, chorales)
@@ -627,27 +627,6 @@ class JsbChoralesStandard(_SongBuilder):
     with open(path, "w", encoding="utf-8") as f:
       json.dump({k: v for k, v in self._report.items() if k != "summary"}, f, indent=1)
     return out
-
-
-def _corpus_chorales(pieces: Sequence[corpus.Piece],
-                     converted: Sequence[corpus.Converted]) -> list[standard.CorpusChorale]:
-  """The corpus chorales the matcher compares, from their MIDI bytes: every chorale that
-  converted, also those whose meter changes (the first meter gives their bars)."""
-  out = []
-  for piece, result in zip(pieces, converted):
-    if result.midi is None:
-      continue
-    try:
-      midi = load_midi(result.midi, name=piece.name)
-    except MidiError:
-      continue
-    voices = result.voices or tuple(range(len(midi.instruments)))
-    signatures = midi.time_signature_changes
-    first = (int(signatures[0].numerator), int(signatures[0].denominator)) if signatures else (4, 4)
-    changes = any((ts.numerator, ts.denominator) != first for ts in signatures[1:])
-    out.append(standard.CorpusChorale(piece.name, match_lib.frames_from_midi(midi, voices),
-                                      first, changes))
-  return out
 
 
 def _match_report(names, sources, meters, chorales, matches, excluded,

@@ -17,8 +17,9 @@ construction. Then, in two stages:
 1. Candidates (approximate, all pairs at once): each piece's chords with consecutive duplicates
    dropped, written without key (upper voices as intervals above the bass, the bass as its
    motion, modulo 12) and cut into overlapping 3-chord shingles; pairs are ranked by the Jaccard
-   similarity of their shingle sets, one sparse product for every pair. Chords ignore note
-   values, so pickups, halved note values and rests between phrases do not matter here.
+   similarity of their shingle sets, one sparse product for every pair. The same for 5-interval
+   shingles of the soprano line, so that harmonisations of one tune meet too. Neither looks at
+   note values, so pickups, halved note values and rests between phrases do not matter here.
 2. Verification (exact, top candidates only): the best alignment of one piece's frames onto the
    other's, a path that runs along the diagonal and may jump anywhere (a written-out repeat, a
    cut) at the cost of `JUMP_FRAMES` frames of full agreement, found by a batched Viterbi pass
@@ -46,7 +47,8 @@ SILENT = -1
 HARMONY_THRESHOLD = 0.85     # same harmonisation at or above (alto, tenor, bass agreement)
 MELODY_THRESHOLD = 0.85      # same melody at or above (soprano agreement)
 JUMP_FRAMES = 8              # a jump in the alignment costs this many 16ths of full agreement
-TOP_K = 3                    # candidates verified per piece, in each direction
+TOP_K = 3                    # candidates verified per piece, in each direction, by chords
+MELODY_TOP_K = 2             # ... and by melody
 # Verification compares 8th-note frames: a quarter of the work of 16ths, and the two editions
 # differ more in 16th passing notes than anywhere else. Bar phases use 16ths.
 VERIFY_STRIDE = 2
@@ -134,30 +136,56 @@ def _chord_tokens(frames: np.ndarray) -> np.ndarray:
   return token
 
 
-def _shingles(frames: np.ndarray, n: int = 3) -> np.ndarray:
-  tokens = _chord_tokens(frames)
+def _melody_tokens(frames: np.ndarray) -> np.ndarray:
+  """One int per soprano note change: the interval from the previous pitch (-24..24), or
+  "silent" (49) around rests. Note values are ignored, as for chords."""
+  line = frames[:, 0].astype(np.int64) if len(frames) else np.zeros(0, np.int64)
+  if not len(line):
+    return line
+  change = np.ones(len(line), bool)
+  change[1:] = line[1:] != line[:-1]
+  notes = line[change]
+  step = np.clip(np.diff(notes, prepend=notes[0]), -24, 24) + 24
+  silent = (notes < 0) | np.r_[True, notes[:-1] < 0]
+  return np.where(silent, 49, step)
+
+
+def _shingles(tokens: np.ndarray, n: int, base: int) -> np.ndarray:
   if len(tokens) < n:
     return np.unique(tokens)
-  base = _BASE ** frames.shape[1]
   out = np.zeros(len(tokens) - n + 1, np.int64)
   for i in range(n):
     out = out * base + tokens[i:len(tokens) - n + 1 + i]
   return np.unique(out)
 
 
-def shingle_similarity(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> np.ndarray:
-  """float32 [len(a), len(b)]: Jaccard similarity of the pieces' chord shingles."""
+def _jaccard(sets_a: list[np.ndarray], sets_b: list[np.ndarray]) -> np.ndarray:
+  """float32 [len(a), len(b)]: Jaccard similarity of every pair of sets, by one sparse product."""
   import scipy.sparse  # pylint: disable=import-outside-toplevel  (only the matcher needs it)
-  sets = [_shingles(f) for f in list(a) + list(b)]
+  sets = sets_a + sets_b
   vocab, ids = np.unique(np.concatenate(sets + [np.zeros(0, np.int64)]), return_inverse=True)
   sizes = np.array([len(s) for s in sets])
   rows = np.repeat(np.arange(len(sets)), sizes)
   incidence = scipy.sparse.csr_matrix(
       (np.ones(len(ids), np.float32), (rows, ids)), shape=(len(sets), max(len(vocab), 1)))
-  left, right = incidence[:len(a)], incidence[len(a):]
-  inter = np.asarray((left @ right.T).todense(), np.float32)
-  union = sizes[:len(a), None] + sizes[None, len(a):] - inter
+  n = len(sets_a)
+  inter = np.asarray((incidence[:n] @ incidence[n:].T).todense(), np.float32)
+  union = sizes[:n, None] + sizes[None, n:] - inter
   return np.where(union > 0, inter / np.maximum(union, 1), 0.0).astype(np.float32)
+
+
+def shingle_similarity(a: Sequence[np.ndarray], b: Sequence[np.ndarray],
+                       kind: str = "chords") -> np.ndarray:
+  """float32 [len(a), len(b)]: Jaccard similarity of the pieces' shingles of 3 chords
+  (kind="chords") or of 5 soprano intervals (kind="melody")."""
+  if kind == "chords":
+    voices = np.shape(a[0])[1] if len(a) else 4
+    shingle = lambda f: _shingles(_chord_tokens(f), 3, _BASE ** voices)
+  elif kind == "melody":
+    shingle = lambda f: _shingles(_melody_tokens(f), 5, 50)
+  else:
+    raise ValueError(f"kind={kind!r} is not 'chords' or 'melody'")
+  return _jaccard([shingle(np.asarray(f)) for f in a], [shingle(np.asarray(f)) for f in b])
 
 
 def candidate_pairs(similarity: np.ndarray, top_k: int = TOP_K) -> list[tuple[int, int]]:
@@ -447,12 +475,15 @@ class Matches:
             if p.b == j and max(p.harmony, p.containment) >= threshold]
 
 
-def match(a: Sequence[np.ndarray], b: Sequence[np.ndarray], *, top_k: int = TOP_K) -> Matches:
+def match(a: Sequence[np.ndarray], b: Sequence[np.ndarray], *, top_k: int = TOP_K,
+          melody_top_k: int = MELODY_TOP_K) -> Matches:
   """Finds which frames of `a` are the same music as which frames of `b` (see the module
-  docstring): the top_k shingle candidates of every piece, each verified by alignment."""
-  similarity = shingle_similarity(a, b)
-  pairs = candidate_pairs(similarity, top_k)
-  return Matches(len(a), len(b), similarity, score_pairs(a, b, pairs, similarity))
+  docstring): the top_k candidates of every piece by chord shingles and the melody_top_k by
+  melody shingles (so that harmonisations of one tune meet), each verified by alignment."""
+  similarity = shingle_similarity(a, b, "chords")
+  pairs = set(candidate_pairs(similarity, top_k))
+  pairs.update(candidate_pairs(shingle_similarity(a, b, "melody"), melody_top_k))
+  return Matches(len(a), len(b), similarity, score_pairs(a, b, sorted(pairs), similarity))
 
 
 def align(a: np.ndarray, b: np.ndarray, pair: PairScore) -> np.ndarray:

@@ -22,7 +22,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jaxgan.data import corpus
 from jaxgan.data import match as match_lib
+from jaxgan.midi import MidiError, load_midi
 
 DATA_PACKAGE = "jaxgan.data"
 DATA_FILE = "jsb16/Jsb16thSeparated.json.gz"
@@ -81,6 +83,23 @@ class CorpusChorale:
   frames: np.ndarray                  # int16 [steps, 4], frame 0 on a bar line
   time_signature: tuple[int, int]     # its first meter
   meter_changes: bool = False         # the meter changes later (bars follow the first one)
+
+
+def corpus_chorale(converted: corpus.Converted) -> CorpusChorale | None:
+  """A converted corpus chorale as the matcher sees it (None if it did not convert). Chorales
+  whose meter changes are kept: their first meter gives the bars."""
+  if converted.midi is None:
+    return None
+  try:
+    midi = load_midi(converted.midi, name=converted.name)
+  except MidiError:
+    return None
+  voices = converted.voices or tuple(range(len(midi.instruments)))
+  signatures = midi.time_signature_changes
+  first = ((int(signatures[0].numerator), int(signatures[0].denominator)) if signatures
+           else (4, 4))
+  changes = any((ts.numerator, ts.denominator) != first for ts in signatures[1:])
+  return CorpusChorale(converted.name, match_lib.frames_from_midi(midi, voices), first, changes)
 
 
 @dataclasses.dataclass(frozen=True)
