@@ -129,7 +129,8 @@ def song_stats(songs: Sequence[Song], steps_per_beat: int) -> dict[str, Any]:
 class TrackFacts:
   """What the data says about one track.
 
-  low, high: its lowest and highest pitch in the train split (None: no notes there).
+  low, high: its lowest and highest pitch in the train split (every split when the train
+    split is empty; None: no notes).
   monophonic: no two of its notes sound at once anywhere in the data set (every split).
   polyphonic_share: of the grid steps where it sounds (every split), the share with more than
     one pitch.
@@ -612,6 +613,7 @@ class JsbChoralesStandard(_SongBuilder):
     frames = match_lib.frames_from_notes(song.notes, song.steps_per_beat, len(corpus.VOICES),
                                          song.num_steps)
     notes = match_lib.notes_from_frames(frames, song.steps_per_beat // match_lib.FRAMES_PER_BEAT)
+    load_counts["notes_merged_in_16ths"] += song.num_notes - len(notes)  # repeats held, mostly
     return dataclasses.replace(song, notes=notes)
 
   def summary_extras(self):
