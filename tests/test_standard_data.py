@@ -303,7 +303,7 @@ def test_track_facts_are_in_the_metadata(built):
     assert f.low <= line.min() and line.max() <= f.high
 
 
-def test_track_facts_count_polyphony(tmp_path):
+def test_track_facts_count_polyphony(tmp_path, caplog):
   import miditoolkit  # pylint: disable=import-outside-toplevel
   folder = tmp_path / "midi"
   folder.mkdir()
@@ -324,6 +324,17 @@ def test_track_facts_count_polyphony(tmp_path):
   assert not facts["Piano"].monophonic and facts["Piano"].polyphonic_share == pytest.approx(0.5)
   assert facts["Bass"].monophonic and facts["Bass"].polyphonic_share == 0.0
   assert facts["Guitar"].low is None and facts["Guitar"].monophonic
+  # They feed the config: ranges from the data (the window for a track without notes), and
+  # a declared monophonic track that is not gets a warning.
+  config = config_lib.load_config("configs/tiny.py", [
+      ("data.name", "midi_folder"), ("data.data_dir", data_dir), ("data.num_tracks", "5"),
+      ("data.mono_tracks", "('Piano', 'Bass')")])
+  with caplog.at_level("WARNING", logger="jaxgan.data.pipeline"):
+    pipeline.resolve_track_facts(config)
+  assert "track 'Piano' is not monophonic" in caplog.text and "'Bass'" not in caplog.text
+  window = (config.data.lowest_pitch, config.data.lowest_pitch + config.data.num_pitches - 1)
+  assert config.data.track_ranges[1] == (facts["Piano"].low, facts["Piano"].high)
+  assert config.data.track_ranges[2] == window            # Guitar
   # An older build without the facts still reads, as None.
   info = prepare.dataset_info("midi_folder", data_dir=data_dir)
   meta_path = os.path.join(info.path, "metadata.json")
@@ -333,6 +344,11 @@ def test_track_facts_count_polyphony(tmp_path):
   with open(meta_path, "w") as f:
     json.dump(meta, f)
   assert prepare.dataset_info("midi_folder", data_dir=data_dir).track_facts is None
+  config.data.track_ranges = ()
+  caplog.clear()
+  with caplog.at_level("WARNING", logger="jaxgan.data.pipeline"):
+    pipeline.resolve_track_facts(config)
+  assert config.data.track_ranges == () and "no per-track facts" in caplog.text
 
 
 # --------------------------------------------------------------------------------------------

@@ -195,6 +195,8 @@ def resolve_track_facts(config) -> None:
     raise config_lib.ConfigError(
         f"data.name={d.name!r}: cannot open the data set ({e}); build it with "
         f"`jaxgan prepare {d.name}` or pick one of the jaxgan.data builders") from None
+  if len(info.tracks) != d.num_tracks:
+    return  # load_song_table refuses the data set with the reason
   names = [t.name for t in info.tracks]
   mono = config_lib.mono_track_indices(config, names)
   facts = info.track_facts
