@@ -349,6 +349,11 @@ def test_track_facts_count_polyphony(tmp_path, caplog):
   with caplog.at_level("WARNING", logger="jaxgan.data.pipeline"):
     pipeline.resolve_track_facts(config)
   assert config.data.track_ranges == () and "no per-track facts" in caplog.text
+  # Preparing it again rebuilds it rather than reusing it, and the facts are back.
+  again = prepare.prepare("midi_folder", data_dir=data_dir, manual_dir=str(folder),
+                          progress=False)
+  assert not again["reused"]
+  assert prepare.dataset_info("midi_folder", data_dir=data_dir).track_facts is not None
 
 
 # --------------------------------------------------------------------------------------------

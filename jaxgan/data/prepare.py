@@ -89,6 +89,10 @@ def prepare(name: str, *, data_dir: str | None = None, manual_dir: str | None = 
       changed = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
       log.warning("%s at %s was built with other options (%s): rebuilding", name,
                   builder.data_path, ", ".join(changed))
+    elif builder.info.metadata.get("track_facts") is None:
+      reuse = False
+      log.warning("%s at %s has no per-track facts (an older build): rebuilding", name,
+                  builder.data_path)
   elif "manual_dir" in wanted and wanted["manual_dir"] is None:
     raise ValueError(f"{name} needs manual_dir: a folder of .mid/.midi files")
 

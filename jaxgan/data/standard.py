@@ -47,6 +47,8 @@ def _parse(data: dict, where: str) -> dict[str, list[np.ndarray]]:
     raise ValueError(f"{where}: expected an object with keys {sorted(SPLITS)}, got {keys}")
   out = {}
   for key, split in SPLITS.items():
+    if not isinstance(data[key], list):
+      raise ValueError(f"{where}: {key} is a {type(data[key]).__name__}, not a list of chorales")
     chorales = []
     for i, chorale in enumerate(data[key]):
       try:
@@ -165,21 +167,24 @@ def meter_from_match(frames: np.ndarray, chorale: CorpusChorale,
                round(pair.melody, 4), pair.transpose, round(agreement, 4), chorale.meter_changes)
 
 
-def recover_meters(chorales: Sequence[np.ndarray], corpus: Sequence[CorpusChorale],
+def recover_meters(chorales: Sequence[np.ndarray], corpus_chorales: Sequence[CorpusChorale],
                    matches: match_lib.Matches | None = None) -> tuple[list[Meter],
                                                                       match_lib.Matches]:
   """The meter of every standard chorale (module docstring) and the matches it came from."""
   if matches is None:
-    matches = match_lib.match(list(chorales), [c.frames for c in corpus])
+    matches = match_lib.match(list(chorales), [c.frames for c in corpus_chorales])
+  by_chorale: dict[int, list[match_lib.PairScore]] = {}
+  for p in matches.pairs:
+    by_chorale.setdefault(p.a, []).append(p)
   meters = []
   for i, frames in enumerate(chorales):
-    found = [p for p in matches.pairs if p.a == i]
-    meter = None
+    found = by_chorale.get(i, [])
     same = sorted((p for p in found if p.same_harmonisation), key=lambda p: -p.harmony)
     tune = sorted((p for p in found if p.same_melody and not p.same_harmonisation),
                   key=lambda p: (-p.melody, -p.harmony))
+    meter = None
     for pair, how in [(p, "harmony") for p in same] + [(p, "melody") for p in tune]:
-      meter = meter_from_match(frames, corpus[pair.b], pair, how)
+      meter = meter_from_match(frames, corpus_chorales[pair.b], pair, how)
       if meter is not None:
         break
     meters.append(meter or default_meter(len(frames)))
