@@ -58,6 +58,10 @@ def base_config() -> ConfigDict:
   c.data.num_pitches = 84
   c.data.num_tracks = 4              # must match the data set (checked when it is opened)
   c.data.transpose = 0               # max random transposition in semitones (0 = off)
+  c.data.track_ranges = ()           # per track (low, high): transposition keeps every note of a
+                                     # track inside; () = the data set's (train split), filled
+                                     # at train time (old data sets: the pitch window)
+  c.data.mono_tracks = ()            # tracks (indices or names) that sound one pitch at a time
   c.data.min_notes = 1               # windows with fewer notes are left out
   c.data.prefetch = 2
   c.data.synthetic_patterns = 4      # "synthetic" only: number of distinct chord patterns
@@ -275,6 +279,7 @@ def validate(config: ConfigDict) -> None:
     raise ConfigError(
         f"data.lowest_pitch={config.data.lowest_pitch}, data.num_pitches="
         f"{config.data.num_pitches}: the range must lie within MIDI pitches 0..127")
+  _validate_tracks(config.data)
   if config.train.best_metric and not config.train.eval_every:
     raise ConfigError(f"train.best_metric={config.train.best_metric!r} needs train.eval_every > 0")
   cc = config.conditioning
@@ -308,6 +313,49 @@ def validate(config: ConfigDict) -> None:
     models.build(config.model, data_shape(config), conditioning(config, num_styles=1))
   except ValueError as e:
     raise ConfigError(f"model: {e}") from None
+
+
+def _validate_tracks(d: ConfigDict) -> None:
+  ranges = d.track_ranges
+  if not isinstance(ranges, (tuple, list)) or (ranges and len(ranges) != d.num_tracks):
+    raise ConfigError(f"data.track_ranges={ranges!r} must be () or one (low, high) per track "
+                      f"({d.num_tracks} tracks)")
+  for i, r in enumerate(ranges):
+    ok = (isinstance(r, (tuple, list)) and len(r) == 2
+          and all(isinstance(x, int) and not isinstance(x, bool) for x in r))
+    if not ok or not 0 <= r[0] <= r[1] <= 127:
+      raise ConfigError(f"data.track_ranges[{i}]={r!r} must be (low, high) MIDI pitches with "
+                        f"0 <= low <= high <= 127")
+  mono = d.mono_tracks
+  if not isinstance(mono, (tuple, list)):
+    raise ConfigError(f"data.mono_tracks={mono!r} must be a tuple of track indices or names")
+  for t in mono:
+    if isinstance(t, bool) or not isinstance(t, (int, str)) or (isinstance(t, str) and not t):
+      raise ConfigError(f"data.mono_tracks: {t!r} is neither a track index nor a track name")
+    if isinstance(t, int) and not 0 <= t < d.num_tracks:
+      raise ConfigError(f"data.mono_tracks: track {t} is not in 0..{d.num_tracks - 1}")
+  if len(set(mono)) != len(mono):
+    raise ConfigError(f"data.mono_tracks={tuple(mono)!r} names a track twice")
+
+
+def mono_track_indices(config: ConfigDict, track_names: Sequence[str]) -> tuple[int, ...]:
+  """data.mono_tracks as sorted track indices; names are looked up in track_names."""
+  out = set()
+  for t in config.data.mono_tracks:
+    if isinstance(t, str):
+      if t not in track_names:
+        raise ConfigError(f"data.mono_tracks: no track named {t!r}; tracks: "
+                          f"{', '.join(track_names)}")
+      t = list(track_names).index(t)
+    out.add(int(t))
+  if len(out) != len(config.data.mono_tracks):
+    raise ConfigError(f"data.mono_tracks={tuple(config.data.mono_tracks)!r} names a track twice")
+  return tuple(sorted(out))
+
+
+def track_ranges(config: ConfigDict) -> tuple[tuple[int, int], ...]:
+  """data.track_ranges as a tuple of (low, high) ints (a run's config.json holds lists)."""
+  return tuple((int(lo), int(hi)) for lo, hi in config.data.track_ranges)
 
 
 def steps_per_bar(config: ConfigDict) -> int:

@@ -572,6 +572,7 @@ def train_and_evaluate(config, workdir: str, *, data_mode: str = "shard",
   mesh = shard_lib.make_mesh(tc.mesh_data, tc.mesh_fsdp)
   pipeline.check_batch(config, mesh, jax.process_count())
   resolve_styles(config)
+  pipeline.resolve_track_facts(config)
   engine = Engine(config, mesh)
   save_config(config, workdir)
   is_lead = jax.process_index() == 0

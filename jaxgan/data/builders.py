@@ -1,4 +1,5 @@
-"""TFDS builders of the song data sets: jsb_chorales, music21_styles and midi_folder.
+"""TFDS builders of the song data sets: jsb_chorales, jsb_chorales_standard, music21_styles
+and midi_folder.
 
 Every example is one song, stored sparse:
 
@@ -12,10 +13,12 @@ Every example is one song, stored sparse:
   source          text          corpus name or path relative to the MIDI folder
 
 Data-set level facts live in the TFDS metadata (metadata.json): the MidiConfig, the tracks,
-the style names, the vocabulary, the build options, counts of skipped files by reason and
-statistics of the train split; vocab.json and skipped.json (every skipped file with its
-reason) are written next to them. Splits are 80/10/10 by a hash of `source`, so a song keeps
-its split across rebuilds and caps; a split that receives no song is not written.
+the style names, the vocabulary, the build options, counts of skipped files by reason,
+statistics of the train split and per-track facts (`TrackFacts`: pitch range of the train
+split, whether the track is monophonic); vocab.json and skipped.json (every skipped file with
+its reason) are written next to them. Splits are 80/10/10 by a hash of `source`, so a song
+keeps its split across rebuilds and caps; a split that receives no song is not written
+(jsb_chorales_standard keeps its published split instead).
 
 Builder keyword arguments (through `tfds.builder(name, **kwargs)` or `prepare`):
 max_songs (read at most this many source files), midi_overrides (MidiConfig fields),
@@ -29,6 +32,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import multiprocessing
@@ -40,9 +44,11 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxgan.data import corpus
-from jaxgan.midi import MidiConfig, MidiError, Vocabulary, encode, load_song
-from jaxgan.midi.song import DURATION, PITCH, TRACK, Song
+from jaxgan.data import corpus, standard
+from jaxgan.data import match as match_lib
+from jaxgan.midi import (MidiConfig, MidiError, Vocabulary, encode, load_song,
+                         song_to_midi)
+from jaxgan.midi.song import DURATION, ONSET, PITCH, TRACK, Song, Track
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +123,70 @@ def song_stats(songs: Sequence[Song], steps_per_beat: int) -> dict[str, Any]:
       "notes_per_track": np.bincount(notes[:, TRACK], minlength=num_tracks).tolist(),
       "meters": dict(sorted(meters.items())),
   }
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackFacts:
+  """What the data says about one track.
+
+  low, high: its lowest and highest pitch in the train split (every split when the train
+    split is empty; None: no notes).
+  monophonic: no two of its notes sound at once anywhere in the data set (every split).
+  polyphonic_share: of the grid steps where it sounds (every split), the share with more than
+    one pitch.
+  """
+
+  name: str
+  low: int | None
+  high: int | None
+  monophonic: bool
+  polyphonic_share: float
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, d: dict[str, Any]) -> "TrackFacts":
+    low, high = d.get("low"), d.get("high")
+    return cls(name=str(d["name"]), low=None if low is None else int(low),
+               high=None if high is None else int(high), monophonic=bool(d["monophonic"]),
+               polyphonic_share=float(d["polyphonic_share"]))
+
+
+def _sounding_counts(song: Song, num_tracks: int) -> tuple[np.ndarray, np.ndarray]:
+  """Per track: grid steps where it sounds, and steps where more than one pitch does."""
+  steps = max(song.num_steps, 1)
+  notes = np.asarray(song.notes, np.int64).reshape(-1, 5)
+  end = np.minimum(notes[:, ONSET] + notes[:, DURATION], steps)
+  delta = np.zeros((num_tracks, steps + 1), np.int32)
+  np.add.at(delta, (notes[:, TRACK], np.minimum(notes[:, ONSET], steps)), 1)
+  np.add.at(delta, (notes[:, TRACK], end), -1)
+  playing = np.cumsum(delta[:, :steps], axis=1)
+  return (playing > 0).sum(1), (playing > 1).sum(1)
+
+
+def track_facts(songs: Sequence[Song], train: Sequence[Song]) -> list[TrackFacts]:
+  """TrackFacts of every track of `songs` (all splits); pitch ranges from `train`."""
+  if not songs:
+    return []
+  tracks = songs[0].tracks
+  sounding = np.zeros(len(tracks), np.int64)
+  polyphonic = np.zeros(len(tracks), np.int64)
+  for song in songs:
+    s, p = _sounding_counts(song, len(tracks))
+    sounding += s
+    polyphonic += p
+  notes = (np.concatenate([np.asarray(s.notes).reshape(-1, 5) for s in train])
+           if train else np.zeros((0, 5), np.int64))
+  out = []
+  for t, track in enumerate(tracks):
+    pitches = notes[notes[:, TRACK] == t, PITCH]
+    out.append(TrackFacts(
+        name=track.name, low=int(pitches.min()) if len(pitches) else None,
+        high=int(pitches.max()) if len(pitches) else None,
+        monophonic=bool(polyphonic[t] == 0),
+        polyphonic_share=round(float(polyphonic[t] / max(sounding[t], 1)), 6)))
+  return out
 
 
 def _workers(requested: int | None) -> int:
@@ -230,6 +300,18 @@ class _SongBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def extra_options(self) -> dict[str, Any]:
     return {}
 
+  def convert(self, pieces: Sequence[corpus.Piece]) -> Iterable[corpus.Converted]:
+    """The MIDI bytes of every piece, in the pieces' order."""
+    return convert_pieces(pieces, num_workers=self._num_workers, progress=self._progress,
+                          desc=self.name)
+
+  def split_of(self, piece: corpus.Piece) -> str:
+    return corpus.split_of(piece.name)
+
+  def summary_extras(self) -> dict[str, Any]:
+    """Entries a data set adds to its build summary."""
+    return {}
+
   # -- options
 
   def midi_config(self) -> MidiConfig:
@@ -297,9 +379,7 @@ class _SongBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def skip(name: str, reason: str, detail: str = "") -> None:
       skipped.append({"source": name, "reason": reason, "detail": detail})
 
-    results = convert_pieces(pieces, num_workers=self._num_workers, progress=self._progress,
-                             desc=self.name)
-    for piece, result in zip(pieces, results):
+    for piece, result in zip(pieces, self.convert(pieces)):
       if result.midi is None:
         skip(piece.name, result.reason or "unreadable", result.detail)
         continue
@@ -327,8 +407,7 @@ class _SongBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       except ValueError as e:
         skip(piece.name, "cannot encode", str(e)[:300])
         continue
-      songs.append(LoadedSong(song, tokens, style_index[piece.style],
-                              corpus.split_of(piece.name)))
+      songs.append(LoadedSong(song, tokens, style_index[piece.style], self.split_of(piece)))
     if not songs:
       reasons = collections.Counter(s["reason"] for s in skipped)
       raise ValueError(f"{self.name}: none of the {len(pieces)} files gave a song "
@@ -349,6 +428,7 @@ class _SongBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         "styles": {s: style_counts.get(s, 0) for s in styles},
         "skipped": skipped_counts,
         "load_counts": dict(sorted(load_counts.items())),
+        **self.summary_extras(),
     }
     vocab_json = vocab.to_json()
     self.info.metadata.update({
@@ -359,6 +439,7 @@ class _SongBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         "build_options": self.build_options(),
         "build": summary,
         "stats": song_stats(train, config.steps_per_beat),
+        "track_facts": [f.to_json() for f in track_facts([s.song for s in songs], train)],
     })
     vocab.save(os.path.join(os.fspath(self.data_dir), VOCAB_FILE))
     return songs, skipped
@@ -403,6 +484,182 @@ class JsbChorales(_SongBuilder):
 
   def list_pieces(self, dl_manager):
     return corpus.chorale_pieces("bach"), ("bach",)
+
+
+class JsbChoralesStandard(_SongBuilder):
+  """The standard JSB split (Boulanger-Lewandowski et al. 2012), with Bach's bar lines.
+
+  The 229 / 76 / 77 chorales of the split exactly, from the Coconet encoding shipped in
+  jaxgan/data/jsb16 (one pitch per voice per 16th note), tracks soprano, alto, tenor, bass at
+  12 steps per beat. That encoding cannot tell a repeated note from a held one: consecutive
+  equal pitches of a voice become one held note. It has no meter either: each chorale takes the
+  time signature and pickup of the music21 corpus chorale it matches (`jaxgan.data.standard`),
+  and `matches.json` beside the data says which, how well, and how every other corpus chorale
+  relates to the split. The build summary counts the chorales whose bars come from a same
+  harmonisation, a same melody, or the default (4/4 counted back from the end).
+
+  Two builder configs: `jsb_chorales_standard` (or `.../standard`) is the split alone;
+  `jsb_chorales_standard/music21_extras` adds to its train split the corpus chorales that are
+  the same music as no standard chorale of any split (so no validation or test chorale leaks
+  in and no train chorale is doubled), put in the same encoding; the others are listed in its
+  skipped.json as "same as a standard chorale".
+  """
+
+  DESCRIPTION = (
+      "The standard JSB chorale split of Boulanger-Lewandowski et al. (ICML 2012), 229/76/77 "
+      "chorales, in the voice-separated 16th-note encoding of Coconet (Huang et al., ISMIR "
+      "2017) made from the data of Allan & Williams (NIPS 2005); tracks soprano, alto, tenor, "
+      "bass; held and repeated notes are one; meters and pickups from the matching music21 "
+      "chorale.")
+  HOMEPAGE = "https://github.com/czhuang/JSB-Chorales-dataset"
+  MATCHES_FILE = "matches.json"
+  SAME_AS_STANDARD = "same as a standard chorale"
+  EXTRAS = "music21_extras"
+  BUILDER_CONFIGS = [
+      tfds.core.BuilderConfig(name="standard", description="The published split."),
+      tfds.core.BuilderConfig(
+          name=EXTRAS, description="The published split, and in its train split the music21 "
+          "chorales that are none of the split's."),
+  ]
+
+  def __init__(self, **kwargs):
+    self._chorales: dict[str, list[np.ndarray]] = {}
+    self._meters: dict[str, Any] = {}
+    self._report: dict[str, Any] = {}
+    super().__init__(**kwargs)
+
+  @property
+  def _extras(self) -> bool:
+    return self.builder_config.name == self.EXTRAS
+
+  def default_midi_config(self) -> MidiConfig:
+    # The split holds notes of up to 36 beats (a held final chord): none may be clipped.
+    return MidiConfig(steps_per_beat=12, track_mode="parts", track_names=corpus.VOICES,
+                      meters=(), max_duration_beats=64)
+
+  def extra_options(self):
+    return {self.EXTRAS: self._extras}
+
+  def list_pieces(self, dl_manager):
+    self._chorales = standard.load_chorales()
+    where = f"{standard.DATA_PACKAGE}/{standard.DATA_FILE}"
+    per_split = [[corpus.Piece(standard.source_name(split, i), where, "bach")
+                  for i in range(len(self._chorales[split]))] for split in SPLITS]
+    # Interleaved, so that a small max_songs still reads every split.
+    pieces = [p for group in _round_robin(per_split) for p in group]
+    if self._extras:
+      pieces += corpus.chorale_pieces("bach")
+    return pieces, ("bach",)
+
+  def split_of(self, piece):
+    parts = piece.name.split("/")
+    if parts[0] == standard.SOURCE_PREFIX and len(parts) == 3:
+      return parts[1]
+    return "train"  # corpus chorales kept as extras
+
+  def convert(self, pieces):
+    config = self.midi_config()
+    if config.steps_per_beat % match_lib.FRAMES_PER_BEAT:
+      raise ValueError(f"{self.name}: steps_per_beat={config.steps_per_beat} must be a multiple "
+                       f"of {match_lib.FRAMES_PER_BEAT} (the data is in 16th notes)")
+    corpus_pieces = corpus.chorale_pieces("bach")
+    converted = list(convert_pieces(corpus_pieces, num_workers=self._num_workers,
+                                    progress=self._progress, desc=f"{self.name}: music21"))
+    by_name = {r.name: r for r in converted}
+    chorales = [c for c in map(standard.corpus_chorale, converted) if c is not None]
+    # Every standard chorale is matched, also under max_songs: extras must avoid them all.
+    names = [(split, i) for split in SPLITS for i in range(len(self._chorales[split]))]
+    sources = [standard.source_name(s, i) for s, i in names]
+    frames = {source: self._chorales[s][i] for source, (s, i) in zip(sources, names)}
+    meters, matches = standard.recover_meters(list(frames.values()), chorales)
+    self._meters = dict(zip(sources, meters))
+    same = standard.same_music(matches)
+    excluded = {chorales[j].name: [sources[p.a] for p in pairs] for j, pairs in same.items()}
+    self._report = _match_report(names, sources, meters, chorales, matches, excluded,
+                                 len(corpus_pieces))
+    for piece in pieces:
+      if piece.name in frames:
+        yield self._standard_midi(piece.name, frames[piece.name], self._meters[piece.name])
+      elif piece.name in excluded:
+        yield corpus.Converted(piece.name, None, self.SAME_AS_STANDARD,
+                               ", ".join(excluded[piece.name]))
+      else:
+        yield by_name[piece.name]
+
+  def _standard_midi(self, name: str, frames: np.ndarray, meter) -> corpus.Converted:
+    """A standard chorale as MIDI bytes, so it is loaded and checked like every source."""
+    spb = self.midi_config().steps_per_beat
+    notes = standard.chorale_notes(frames, meter, spb)
+    present = tuple(int(v) for v in np.unique(notes[:, TRACK]))
+    remap = np.full(len(corpus.VOICES), -1)
+    remap[list(present)] = np.arange(len(present))
+    notes[:, TRACK] = remap[notes[:, TRACK]]
+    num, den = meter.time_signature
+    steps = (meter.pad + len(frames)) * (spb // match_lib.FRAMES_PER_BEAT)
+    bar = num * 4 * spb // den
+    song = Song(notes=notes, num_bars=max(1, -(-steps // bar)), steps_per_beat=spb,
+                time_signature=(num, den), tempos=np.full(1, corpus.DEFAULT_QPM, np.float32),
+                tracks=tuple(Track(corpus.VOICES[v]) for v in present), source=name)
+    buf = io.BytesIO()
+    song_to_midi(song, ticks_per_beat=corpus.TICKS_PER_BEAT).dump(file=buf)
+    return corpus.Converted(name, buf.getvalue(), voices=present)
+
+  def _load(self, result, config, voice_configs, load_counts):
+    song = super()._load(result, config, voice_configs, load_counts)
+    if song.source.startswith(standard.SOURCE_PREFIX + "/"):
+      return song
+    # A corpus extra: into the split's encoding (16th notes, one pitch per voice, repeated
+    # notes held), so that every song of the data set looks alike.
+    frames = match_lib.frames_from_notes(song.notes, song.steps_per_beat, len(corpus.VOICES),
+                                         song.num_steps)
+    notes = match_lib.notes_from_frames(frames, song.steps_per_beat // match_lib.FRAMES_PER_BEAT)
+    load_counts["notes_merged_in_16ths"] += song.num_notes - len(notes)  # repeats held, mostly
+    return dataclasses.replace(song, notes=notes)
+
+  def summary_extras(self):
+    counts = collections.Counter(m.how for m in self._meters.values())
+    return {"standard": {
+        "meters_from": {k: counts.get(k, 0) for k in ("harmony", "melody", "default")},
+        "meter_changes_in_match": sum(m.meter_changes for m in self._meters.values()),
+        **self._report["summary"]}}
+
+  def _split_generators(self, dl_manager):
+    out = super()._split_generators(dl_manager)
+    path = os.path.join(os.fspath(self.data_dir), self.MATCHES_FILE)
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump({k: v for k, v in self._report.items() if k != "summary"}, f, indent=1)
+    return out
+
+
+def _match_report(names, sources, meters, chorales, matches, excluded,
+                  num_corpus: int) -> dict[str, Any]:
+  """matches.json: how every standard chorale got its bars and how every corpus chorale
+  relates to the split; and the counts for the build summary."""
+  split_of = {s: split for s, (split, _) in zip(sources, names)}
+  rows = [{"source": s, **m.to_json()} for s, m in zip(sources, meters)]
+  corpus_rows = []
+  for j, chorale in enumerate(chorales):
+    best = matches.best_for_b(j)
+    corpus_rows.append({
+        "name": chorale.name,
+        "same_as": excluded.get(chorale.name, []),
+        "best": sources[best.a] if best else "",
+        "harmony": round(best.harmony, 4) if best else 0.0,
+        "melody": round(best.melody, 4) if best else 0.0,
+    })
+  held_out = sum(1 for c in corpus_rows
+                 if any(split_of[s] != "train" for s in c["same_as"]))
+  return {
+      "standard": rows,
+      "corpus": corpus_rows,
+      "summary": {
+          "corpus_chorales": num_corpus,
+          "corpus_compared": len(chorales),
+          "corpus_same_as_standard": len(excluded),
+          "corpus_same_as_held_out": held_out,
+          "corpus_new": len(chorales) - len(excluded),
+      },
+  }
 
 
 class Music21Styles(_SongBuilder):

@@ -18,6 +18,7 @@ Two ways to split data across processes (`data_mode`):
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Iterator
 
@@ -35,6 +36,8 @@ from jaxgan.midi.song import DURATION, ONSET, PITCH, TRACK  # noqa: E402
 
 # tf.data only feeds JAX here: keep TensorFlow off any accelerator and its threads modest.
 tf.config.set_visible_devices([], "GPU")
+
+log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class SongTable:
@@ -179,6 +182,41 @@ def load_song_table(config, split: str, *, process_index: int = 0, process_count
   return _table_from_songs(songs, config, drum_tracks=drums)
 
 
+def resolve_track_facts(config) -> None:
+  """Fills data.track_ranges from the data set (when empty) and checks data.mono_tracks
+  against its tracks, before a run saves its config (like train.resolve_styles)."""
+  d = config.data
+  if d.name == "synthetic" or (tuple(d.track_ranges) and not tuple(d.mono_tracks)):
+    return
+  from jaxgan.data import prepare  # pylint: disable=import-outside-toplevel
+  try:
+    info = prepare.dataset_info(d.name, data_dir=d.data_dir or None)
+  except Exception as e:  # an unbuilt or unknown data set
+    raise config_lib.ConfigError(
+        f"data.name={d.name!r}: cannot open the data set ({e}); build it with "
+        f"`jaxgan prepare {d.name}` or pick one of the jaxgan.data builders") from None
+  if len(info.tracks) != d.num_tracks:
+    return  # load_song_table refuses the data set with the reason
+  names = [t.name for t in info.tracks]
+  mono = config_lib.mono_track_indices(config, names)
+  facts = info.track_facts
+  if facts is None:
+    if not tuple(d.track_ranges):
+      log.warning("data set %r has no per-track facts (built by an older jaxgan): "
+                  "transposition keeps notes in the pitch window only; rebuild it with "
+                  "`jaxgan prepare %s` for per-track ranges", d.name, d.name)
+    return
+  for t in mono:
+    if not facts[t].monophonic:
+      log.warning("data.mono_tracks: track %r is not monophonic in %r (%.2f%% of its sounding "
+                  "steps hold more than one pitch)", names[t], d.name,
+                  100 * facts[t].polyphonic_share)
+  if not tuple(d.track_ranges):
+    top = d.lowest_pitch + d.num_pitches - 1
+    d.track_ranges = tuple(
+        (f.low, f.high) if f.low is not None else (d.lowest_pitch, top) for f in facts)
+
+
 # --------------------------------------------------------------------------------------------
 # Building piano-roll windows from the sparse table (TensorFlow ops, run by tf.data).
 
@@ -207,19 +245,27 @@ class _RollMaker:
     drum[list(table.drum_tracks)] = True
     self.is_drum = tf.constant(drum)
     self.max_transpose = d.transpose
+    # Each track's notes stay within its range (data.track_ranges) and the pitch window.
+    top = d.lowest_pitch + d.num_pitches - 1
+    ranges = config_lib.track_ranges(config) or ((d.lowest_pitch, top),) * d.num_tracks
+    self.track_low = tf.constant([max(lo, d.lowest_pitch) for lo, _ in ranges] or [0], tf.int32)
+    self.track_high = tf.constant([min(hi, top) for _, hi in ranges] or [0], tf.int32)
 
-  def _shifts(self, pitch, pitched, row, n, draw):
-    """Per window, a uniform shift in [-max, max] that keeps every pitched note inside the
-    range; `draw` is one uniform [0, 1) number per window."""
+  def _shifts(self, pitch, track, pitched, row, n, draw):
+    """Per window, a uniform shift in [-max, max] that keeps every pitched note inside its
+    track's range; `draw` is one uniform [0, 1) number per window."""
     if self.max_transpose == 0:
       return tf.zeros([n], tf.int32)
     big = tf.constant(1 << 20, tf.int32)
-    # A window without pitched notes gets the full range (empty segments give the dtype's extremes).
-    lo = tf.minimum(tf.math.unsorted_segment_min(tf.where(pitched, pitch, big), row, n), big)
-    hi = tf.maximum(tf.math.unsorted_segment_max(tf.where(pitched, pitch, -big), row, n), -big)
-    low = tf.maximum(-self.max_transpose, -tf.maximum(lo - self.lowest, 0))
-    high = tf.minimum(self.max_transpose,
-                      tf.maximum(self.lowest + self.num_pitches - 1 - hi, 0))
+    # How far each note may move down and up; a window's shifts are bounded by its tightest
+    # note. A window without pitched notes gets the full range (empty segments give the
+    # dtype's extremes).
+    down = tf.where(pitched, pitch - tf.gather(self.track_low, track), big)
+    up = tf.where(pitched, tf.gather(self.track_high, track) - pitch, big)
+    room_down = tf.minimum(tf.math.unsorted_segment_min(down, row, n), big)
+    room_up = tf.minimum(tf.math.unsorted_segment_min(up, row, n), big)
+    low = tf.maximum(-self.max_transpose, -tf.maximum(room_down, 0))
+    high = tf.minimum(self.max_transpose, tf.maximum(room_up, 0))
     high = tf.maximum(high, low)
     span = tf.cast(high - low + 1, tf.float32)
     pick = tf.cast(tf.floor(tf.cast(draw, tf.float32) * span), tf.int32)
@@ -241,7 +287,7 @@ class _RollMaker:
     end = onset + notes[:, DURATION]
     keep = (end > 0) & (onset < self.steps)
     is_drum = tf.gather(self.is_drum, notes[:, TRACK])
-    shift = self._shifts(notes[:, PITCH], keep & ~is_drum, row, n, draw)
+    shift = self._shifts(notes[:, PITCH], notes[:, TRACK], keep & ~is_drum, row, n, draw)
     pitch = notes[:, PITCH] + tf.where(is_drum, 0, tf.gather(shift, row)) - self.lowest
     keep &= (pitch >= 0) & (pitch < self.num_pitches)
     row32, track = tf.cast(row, tf.int32), notes[:, TRACK]

@@ -59,7 +59,8 @@ def prepare(name: str, *, data_dir: str | None = None, manual_dir: str | None = 
             progress: bool = True, **builder_kwargs) -> dict:
   """Builds data set `name` (or reuses it when built with the same options) and summarizes it.
 
-  name: jsb_chorales | music21_styles | midi_folder (needs manual_dir, a folder of MIDI files).
+  name: jsb_chorales | jsb_chorales_standard[/music21_extras] | music21_styles | midi_folder
+    (needs manual_dir, a folder of MIDI files).
   max_songs: read at most this many source files (quick trials).
   midi_overrides: MidiConfig fields replacing the data set's defaults.
   builder_kwargs: further builder options (num_workers; max_per_style for music21_styles).
@@ -88,6 +89,10 @@ def prepare(name: str, *, data_dir: str | None = None, manual_dir: str | None = 
       changed = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
       log.warning("%s at %s was built with other options (%s): rebuilding", name,
                   builder.data_path, ", ".join(changed))
+    elif builder.info.metadata.get("track_facts") is None:
+      reuse = False
+      log.warning("%s at %s has no per-track facts (an older build): rebuilding", name,
+                  builder.data_path)
   elif "manual_dir" in wanted and wanted["manual_dir"] is None:
     raise ValueError(f"{name} needs manual_dir: a folder of .mid/.midi files")
 
@@ -127,6 +132,7 @@ def prepare(name: str, *, data_dir: str | None = None, manual_dir: str | None = 
       "skipped_files": skipped_files,
       "load_counts": build["load_counts"],
       "build_options": meta["build_options"],
+      "standard": build.get("standard"),
       "seconds": round(time.time() - start, 2),
   }
 
@@ -145,6 +151,8 @@ def format_summary(summary: dict, max_files: int = 20) -> str:
   read, kept = counts.pop("notes", 0), counts.pop("notes_kept", 0)
   changed = ", ".join(f"{k.replace('notes_', '')} {v:,}" for k, v in counts.items() if v)
   lines.append(f"  notes read: {read:,}, kept: {kept:,}" + (f" ({changed})" if changed else ""))
+  if s.get("standard"):
+    lines.extend(_standard_lines(s["standard"]))
   total = sum(s["skipped"].values())
   if total:
     lines.append(f"  skipped {total} files: "
@@ -160,6 +168,17 @@ def format_summary(summary: dict, max_files: int = 20) -> str:
   return "\n".join(lines)
 
 
+def _standard_lines(std: dict) -> list[str]:
+  """jsb_chorales_standard: where the bar lines came from and how music21 relates."""
+  meters = std["meters_from"]
+  lines = [f"  meters: from the same harmonisation in music21 {meters['harmony']}, the same "
+           f"melody {meters['melody']}, default 4/4 {meters['default']}"]
+  lines.append(f"  music21 chorales: {std['corpus_same_as_standard']} of {std['corpus_compared']} "
+               f"are standard chorales ({std['corpus_same_as_held_out']} of them validation or "
+               f"test), {std['corpus_new']} are not")
+  return lines
+
+
 @dataclasses.dataclass(frozen=True)
 class DataInfo:
   """What a built data set says about itself; the training pipeline starts from this."""
@@ -173,6 +192,9 @@ class DataInfo:
   stats: dict[str, Any]
   num_examples: dict[str, int]
   skipped: dict[str, int]
+  # Per track, in track order: pitch range of the train split, monophonic or not. None for
+  # data sets built before these were recorded (rebuild them to get the facts).
+  track_facts: tuple[builders.TrackFacts, ...] | None = None
 
 
 def _open(name: str, data_dir: str | None) -> builders._SongBuilder:
@@ -201,6 +223,8 @@ def dataset_info(name: str, data_dir: str | None = None) -> DataInfo:
       num_examples={s: (builder.info.splits[s].num_examples if s in builder.info.splits else 0)
                     for s in builders.SPLITS},
       skipped=dict(meta["build"]["skipped"]),
+      track_facts=(tuple(builders.TrackFacts.from_json(t) for t in meta["track_facts"])
+                   if meta.get("track_facts") is not None else None),
   )
 
 
