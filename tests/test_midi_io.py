@@ -381,7 +381,7 @@ def test_same_onset_notes_merge():
 
 
 @pytest.mark.parametrize("events, cfg, expected", [
-  ([meter(0, 4, 4), on(0, 60), meter(1920, 3, 4), off(3000, 60)], CFG4,
+  ([meter(0, 4, 4), on(0, 60), meter(1920, 3, 4), on(0, 62), off(3000, 60), off(0, 62)], CFG4,
    "meter changes from 4/4 to 3/4 at tick 1920"),
   ([meter(0, 3, 4), on(0, 60), off(10, 60)], MidiConfig(steps_per_beat=4, meters=((4, 4),)),
    "meter 3/4 not in allowed meters (4/4)"),
@@ -420,10 +420,18 @@ def test_bars_count_from_the_signature():
   data = smf(mtrk(meter(0, 3, 4), meter(1440 + 480, 3, 4), on(0, 60), off(480, 60)))
   song, counts = load_song(data, config=CFG4)
   assert counts["steps_shifted"] == 0 and notes_of(song) == [(1, 60, 16, 4, 100)]
-  # A pickup bar in its own meter, holding notes, is a change of meter.
+  # A pickup bar in its own meter is padded to a full bar of the meter after it: the
+  # downbeat is the bar line at step 16, and the grid moved the notes on (a negative shift).
   pickup = smf(mtrk(meter(0, 1, 4), on(0, 60), off(480, 60), meter(0, 4, 4), on(0, 62),
                     off(1920, 62)))
-  assert reason(pickup, config=CFG4) == "meter changes from 1/4 to 4/4 at tick 480"
+  song, counts = load_song(pickup, config=CFG4)
+  assert song.time_signature == (4, 4) and song.num_bars == 2
+  assert notes_of(song) == [(1, 60, 12, 4, 100), (1, 62, 16, 16, 100)]
+  assert counts["pickups"] == 1 and counts["steps_shifted"] == -12
+  # Two bars of 1/4 are not a pickup: a change of meter.
+  twice = smf(mtrk(meter(0, 1, 4), on(0, 60), off(960, 60), meter(0, 4, 4), on(0, 62),
+                   off(1920, 62)))
+  assert reason(twice, config=CFG4) == "meter changes from 1/4 to 4/4 at tick 960"
 
 
 def test_pitch_range_drop_and_fold():
