@@ -123,8 +123,11 @@ def test_midi_overrides_rebuild(midi_folder, tmp_path):
 def test_jsb_chorales(jsb):
   data_dir, summary = jsb
   assert summary["files"] == 12
-  assert summary["songs"] + sum(summary["skipped"].values()) == 12
-  assert summary["songs"] >= 10
+  seg = summary["segments"]
+  # bwv41.6 goes 4/4 -> 3/4 -> 4/4: three segments; the rest are kept whole.
+  assert seg["whole"] + seg["split"] + sum(summary["skipped"].values()) == 12
+  assert seg["split"] == 1 and seg["segments"] == 3 and seg["dropped"] == {}
+  assert summary["songs"] == seg["whole"] + seg["segments"] >= 12
   info = dataset_info("jsb_chorales", data_dir=data_dir)
   assert [t.name for t in info.tracks] == VOICES
   assert info.midi_config.track_mode == "parts" and info.midi_config.meters == ()
@@ -133,7 +136,7 @@ def test_jsb_chorales(jsb):
   examples = _all_examples("jsb_chorales", data_dir)
   assert len(examples) == summary["songs"]
   for source, (split, ex) in examples.items():
-    assert split == corpus.split_of(source)
+    assert split == corpus.split_of(ex["parent"].decode())
     notes, tokens = ex["notes"], ex["tokens"]
     assert notes.dtype == np.int32 and tokens.dtype == np.int32
     assert ((tokens >= first) & (tokens < end)).sum() == len(notes)
@@ -141,6 +144,19 @@ def test_jsb_chorales(jsb):
     assert ex["steps_per_bar"] == ex["time_signature"][0] * 48 // ex["time_signature"][1]
     assert notes[:, ONSET].max() < ex["num_bars"] * ex["steps_per_bar"]
   assert info.stats["num_songs"] == summary["splits"]["train"]["songs"]
+  for source, (split, ex) in examples.items():
+    assert ex["parent"].decode() == source.split("@")[0]
+
+  # Its 3/4 and its last 4/4 sections open with a one-beat upbeat measure: each is padded
+  # as a pickup, on the last beat of the segment's bar 0.
+  parts = {k: ex for k, (_, ex) in examples.items() if k.startswith("bach/bwv41.6")}
+  assert sorted(parts) == ["bach/bwv41.6@bar0", "bach/bwv41.6@bar15", "bach/bwv41.6@bar32"]
+  assert [tuple(parts[k]["time_signature"]) for k in sorted(parts)] == [(4, 4), (3, 4), (4, 4)]
+  assert [int(parts[k]["bar_offset"]) for k in sorted(parts)] == [0, 15, 32]
+  assert [int(parts[k]["num_bars"]) for k in sorted(parts)] == [15, 17, 5]
+  for key, beat in (("bach/bwv41.6@bar15", 24), ("bach/bwv41.6@bar32", 36)):
+    onsets = np.unique(parts[key]["notes"][:, ONSET])
+    assert onsets[0] == beat and int(parts[key]["steps_per_bar"]) in onsets
   assert info.stats["mean_notes_per_bar"] > 4
 
   # bwv269 is in 3/4 and opens with a one-beat pickup: padded to beat 3 of bar 0, so the

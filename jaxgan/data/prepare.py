@@ -65,7 +65,8 @@ def prepare(name: str, *, data_dir: str | None = None, manual_dir: str | None = 
   builder_kwargs: further builder options (num_workers; max_per_style for music21_styles).
   A stored build made with other options is rebuilt. Returns a dict: songs, bars and notes
   per split and in total, songs per style, skipped files (counts by reason and each file with
-  its reason), whether the build was reused, and the seconds taken.
+  its reason), files kept whole or split at meter changes (`segments`), whether the build
+  was reused, and the seconds taken. A stored entry is a song or one constant-meter segment.
   """
   start = time.time()
   data_dir = data_dir or default_data_dir()
@@ -123,6 +124,7 @@ def prepare(name: str, *, data_dir: str | None = None, manual_dir: str | None = 
       "tokens": sum(s["tokens"] for s in splits.values()),
       "splits": splits,
       "styles": build["styles"],
+      "segments": build["segments"],
       "skipped": build["skipped"],
       "skipped_files": skipped_files,
       "load_counts": build["load_counts"],
@@ -137,13 +139,25 @@ def format_summary(summary: dict, max_files: int = 20) -> str:
   how = "reused" if s["reused"] else "built"
   lines = [f"{s['name']} {s['version']} at {s['path']} ({how} in {s['seconds']:.1f} s)"]
   per_split = ", ".join(f"{k} {v['songs']}" for k, v in s["splits"].items())
-  lines.append(f"  songs: {s['songs']} of {s['files']} files ({per_split})")
+  lines.append(f"  songs: {s['songs']} from {s['files']} files ({per_split})")
+  seg = s["segments"]
+  kept = seg["whole"] + seg["split"]
+  line = f"  files kept: {kept} ({seg['whole']} whole, {seg['split']} split at meter changes"
+  if seg["split"]:
+    line += f" into {seg['segments']} segments"
+  line += f"), skipped: {sum(s['skipped'].values())}"
+  if seg["dropped"]:
+    line += "; segments dropped: " + ", ".join(f"{k} {v}" for k, v in seg["dropped"].items())
+  if seg["pickups"]:
+    line += f"; pickups padded: {seg['pickups']}"
+  lines.append(line)
   lines.append(f"  bars: {s['bars']:,}  notes: {s['notes']:,}  tokens: {s['tokens']:,}")
   if len(s["styles"]) > 1:
     lines.append("  styles: " + ", ".join(f"{k} {v}" for k, v in s["styles"].items()))
   counts = dict(s["load_counts"])
   read, kept = counts.pop("notes", 0), counts.pop("notes_kept", 0)
-  changed = ", ".join(f"{k.replace('notes_', '')} {v:,}" for k, v in counts.items() if v)
+  changed = ", ".join(f"{k.replace('notes_', '')} {v:,}" for k, v in counts.items()
+                      if v and k.startswith("notes_"))
   lines.append(f"  notes read: {read:,}, kept: {kept:,}" + (f" ({changed})" if changed else ""))
   total = sum(s["skipped"].values())
   if total:
