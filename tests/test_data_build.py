@@ -234,3 +234,108 @@ def test_conversion_pool_keeps_order(monkeypatch):
   pooled = list(builders.convert_pieces(pieces, num_workers=2))
   assert [r.name for r in pooled] == [p.name for p in pieces]
   assert pooled[0].midi == corpus.piece_to_midi(pieces[0]).midi
+
+
+# ---------------------------------------------------------------------------------------------
+# Meter changes and pickups, through `jaxgan prepare midi_folder`.
+
+TPB = 480
+
+
+def _meter_file(path, meters, notes, pitch_base=60) -> None:
+  """A piano part: `meters` = [(tick, num, den)], `notes` = [(start, end, pitch offset)]."""
+  midi = miditoolkit.MidiFile(ticks_per_beat=TPB)
+  midi.time_signature_changes = [miditoolkit.TimeSignature(n, d, t) for t, n, d in meters]
+  midi.tempo_changes = [miditoolkit.TempoChange(90.0, 0)]
+  piano = miditoolkit.Instrument(program=0, name="piano")
+  piano.notes = [miditoolkit.Note(70, pitch_base + p, s, e) for s, e, p in notes]
+  midi.instruments = [piano]
+  midi.dump(str(path))
+
+
+def _steps(ticks: int) -> int:
+  return ticks * 12 // TPB  # every test tick is a multiple of 40, one step at 12 per beat
+
+
+@pytest.fixture(scope="module")
+def meter_folder(tmp_path_factory):
+  root = tmp_path_factory.mktemp("meters")
+  beat = TPB
+  # 4 bars of 2/4, then 4 bars of 1/4; one note per beat, and one held over the change.
+  _meter_file(root / "two_one.mid", [(0, 2, 4), (8 * beat, 1, 4)],
+              [(i * beat, i * beat + 240, i) for i in range(12)] + [(7 * beat, 9 * beat, 20)])
+  # 3 bars of 3/4, then 2 bars of 4/4.
+  _meter_file(root / "three_four.mid", [(0, 3, 4), (9 * beat, 4, 4)],
+              [(i * beat, (i + 1) * beat, i % 12) for i in range(17)])
+  # One pickup, written three ways: a 1/4 bar before the 4/4; a 4/4 bar with three beats of
+  # silence; a note before the first signature (a 4/4 at the pickup's end).
+  pickup = [(0, beat, 0)] + [(beat + i * beat, 2 * beat + i * beat, 1 + i) for i in range(8)]
+  _meter_file(root / "pickup_bar.mid", [(0, 1, 4), (beat, 4, 4)], pickup, 60)
+  _meter_file(root / "pickup_silence.mid", [(0, 4, 4)],
+              [(s + 3 * beat, e + 3 * beat, p) for s, e, p in pickup], 62)
+  _meter_file(root / "pickup_unsigned.mid", [(beat, 4, 4)], pickup, 64)
+  # 2 bars of 4/4, then 3/32, whose bar is 4.5 steps at 12 per beat: that part is dropped.
+  _meter_file(root / "off_grid.mid", [(0, 4, 4), (8 * beat, 3, 32)],
+              [(i * beat, i * beat + 120, i) for i in range(8)] + [(8 * beat + 180 * i,
+               8 * beat + 180 * i + 90, 12) for i in range(4)])
+  _meter_file(root / "plain.mid", [(0, 4, 4)], [(i * beat, (i + 1) * beat, 5) for i in range(8)])
+  return root
+
+
+def test_prepare_keeps_segments_and_pickups(meter_folder, tmp_path, capsys):
+  from jaxgan import cli  # pylint: disable=import-outside-toplevel
+  data_dir = str(tmp_path)
+  assert cli.main(["prepare", "midi_folder", "--manual-dir", str(meter_folder),
+                   "--data-dir", data_dir, "--quiet"]) == 0
+  out = capsys.readouterr().out
+  assert ("files kept: 7 (4 whole, 3 split at meter changes into 5 segments), skipped: 0;"
+          " segments dropped: meter does not fit the grid 1; pickups padded: 2") in out
+  examples = _all_examples("midi_folder", data_dir)
+  assert sorted(examples) == [
+      "off_grid.mid@bar0", "pickup_bar.mid", "pickup_silence.mid", "pickup_unsigned.mid",
+      "plain.mid", "three_four.mid@bar0", "three_four.mid@bar3", "two_one.mid@bar0",
+      "two_one.mid@bar4"]
+  for source, (split, ex) in examples.items():
+    parent = source.split("@")[0]
+    assert ex["parent"].decode() == parent and split == corpus.split_of(parent)
+    assert ex["bar_offset"] == (int(source.split("@bar")[1]) if "@" in source else 0)
+  info = dataset_info("midi_folder", data_dir=data_dir)
+  assert info.midi_config.meters == ()
+  assert {tuple(m) for m in info.vocab.meters} >= {(2, 4), (1, 4), (3, 4), (4, 4)}
+
+  def notes(source):
+    return [tuple(int(x) for x in row) for row in examples[source][1]["notes"]]
+
+  def meter(source):
+    ex = examples[source][1]
+    return tuple(int(x) for x in ex["time_signature"]), int(ex["num_bars"])
+
+  piano = 1  # lpd5: Drums, Piano, ...
+  # Each segment's notes are the file's, exactly, counted from its own bar 0; the note held
+  # over the 2/4 -> 1/4 change is cut at it.
+  assert meter("two_one.mid@bar0") == ((2, 4), 4)
+  assert notes("two_one.mid@bar0") == sorted(
+      [(piano, 60 + i, 12 * i, 6, 70) for i in range(8)] + [(piano, 80, 12 * 7, 12, 70)],
+      key=lambda n: (n[2], n[0], n[1]))
+  assert meter("two_one.mid@bar4") == ((1, 4), 4)
+  assert notes("two_one.mid@bar4") == [(piano, 68 + i, 12 * i, 6, 70) for i in range(4)]
+  assert meter("three_four.mid@bar0") == ((3, 4), 3)
+  assert notes("three_four.mid@bar0") == [(piano, 60 + i, 12 * i, 12, 70) for i in range(9)]
+  assert meter("three_four.mid@bar3") == ((4, 4), 2)
+  assert notes("three_four.mid@bar3") == [
+      (piano, 60 + (9 + i) % 12, 12 * i, 12, 70) for i in range(8)]
+  assert meter("off_grid.mid@bar0") == ((4, 4), 2)
+  assert len(notes("off_grid.mid@bar0")) == 8
+  # The three pickups give the same song: the upbeat on beat 4 of bar 0, downbeat at 48.
+  expected = [(piano, 1, 36, 12, 70)] + [(piano, 2 + i, 48 + 12 * i, 12, 70) for i in range(8)]
+  for source, base in (("pickup_bar.mid", 60), ("pickup_silence.mid", 62),
+                       ("pickup_unsigned.mid", 64)):
+    assert meter(source) == ((4, 4), 3)
+    assert [(t, p - base + 1, o, d, v) for t, p, o, d, v in notes(source)] == expected
+  summary = prepare("midi_folder", data_dir=data_dir, manual_dir=str(meter_folder),
+                    progress=False)
+  assert summary["reused"] and summary["segments"] == {
+      "whole": 4, "split": 3, "segments": 5, "pickups": 2,
+      "dropped": {"meter does not fit the grid": 1}}
+  assert summary["load_counts"]["notes_cut_at_meter_change"] == 1
+  assert summary["load_counts"]["notes_other_meter"] == 4

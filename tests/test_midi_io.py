@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 
 from jaxgan.midi import (
   MidiConfig, MidiError, Song, Track, load_midi, load_song, quantize, song_to_midi, write_midi)
-from jaxgan.midi.io import COUNT_KEYS
+from jaxgan.midi.io import COUNT_KEYS, quantize_segments
 from jaxgan.midi.song import DURATION, ONSET, normalize_notes
 from jaxgan.midi.tracks import LPD5_TRACKS, LPD17_TRACKS
 
@@ -417,9 +417,19 @@ def test_bars_count_from_the_signature():
   assert song.time_signature == (3, 4) and counts["steps_shifted"] == 4
   assert notes_of(song) == [(1, 60, 0, 12, 100), (1, 62, 12, 4, 100)]
   np.testing.assert_allclose(song.tempos, [80, 80], rtol=1e-6)
-  data = smf(mtrk(meter(0, 3, 4), meter(1440 + 480, 3, 4), on(0, 60), off(480, 60)))
+  data = smf(mtrk(meter(0, 3, 4), meter(1440, 3, 4), on(480, 60), off(480, 60)))
   song, counts = load_song(data, config=CFG4)
   assert counts["steps_shifted"] == 0 and notes_of(song) == [(1, 60, 16, 4, 100)]
+  # Restated off its grid, the meter starts a bar there all the same (the bar before it was
+  # short): bars count from the restatement.
+  data = smf(mtrk(meter(0, 3, 4), meter(1440 + 480, 3, 4), on(0, 60), off(480, 60)))
+  song, counts = load_song(data, config=CFG4)
+  assert counts["steps_shifted"] == 4 and notes_of(song) == [(1, 60, 12, 4, 100)]
+  assert [t.time for t in load_midi(data).time_signature_changes] == [0, 1920]
+  moved = smf(mtrk(meter(0, 4, 4), on(0, 60), off(480, 60), meter(2400, 4, 4), on(0, 62),
+                   off(480, 62)))
+  assert reason(moved, config=CFG4) == (
+    "bar lines of 4/4 move at tick 2880 (a short bar before it)")
   # A pickup bar in its own meter is padded to a full bar of the meter after it: the
   # downbeat is the bar line at step 16, and the grid moved the notes on (a negative shift).
   pickup = smf(mtrk(meter(0, 1, 4), on(0, 60), off(480, 60), meter(0, 4, 4), on(0, 62),
@@ -432,6 +442,103 @@ def test_bars_count_from_the_signature():
   twice = smf(mtrk(meter(0, 1, 4), on(0, 60), off(960, 60), meter(0, 4, 4), on(0, 62),
                    off(1920, 62)))
   assert reason(twice, config=CFG4) == "meter changes from 1/4 to 4/4 at tick 960"
+
+
+def segments_of(data, config=CFG4):
+  return quantize_segments(load_midi(data), config)
+
+
+def test_segments_short_bars_pickups_and_tails():
+  # 4/4, one 2/4 bar, 4/4 again: the 2/4 bar is the upbeat of the second 4/4 part.
+  data = smf(mtrk(meter(0, 4, 4), on(0, 60), off(3840, 60), meter(0, 2, 4), on(0, 62),
+                  off(960, 62), meter(0, 4, 4), on(0, 64), off(1920, 64)))
+  segments, counts = segments_of(data)
+  assert [(s.time_signature, s.bar_offset, s.pickup, s.tick) for s in segments] == [
+    ((4, 4), 0, False, 0), ((4, 4), 2, True, 4800)]
+  assert notes_of(segments[0].song) == [(1, 60, 0, 32, 100)]
+  assert notes_of(segments[1].song) == [(1, 62, 8, 8, 100), (1, 64, 16, 16, 100)]
+  assert counts["pickups"] == 1 and counts["notes_kept"] == 3
+  with pytest.raises(MidiError, match="meter changes from 4/4 to 4/4|bar lines of 4/4 move"):
+    quantize(load_midi(data), CFG4)
+  # A 1/4 bar closing a 2/4 song is its last bar, not a change.
+  data = smf(mtrk(meter(0, 2, 4), on(0, 60), off(3840, 60), meter(0, 1, 4), on(0, 62),
+                  off(480, 62)))
+  song, counts = load_song(data, config=CFG4)
+  assert song.time_signature == (2, 4) and song.num_bars == 5
+  assert notes_of(song)[-1] == (1, 62, 32, 4, 100)
+  # Two bars of it are a change.
+  data = smf(mtrk(meter(0, 2, 4), on(0, 60), off(3840, 60), meter(0, 1, 4), on(0, 62),
+                  off(960, 62)))
+  assert [s.time_signature for s in segments_of(data)[0]] == [(2, 4), (1, 4)]
+
+
+def test_segments_of_other_meters_are_dropped():
+  data = smf(mtrk(meter(0, 3, 4), on(0, 60), off(2880, 60), meter(0, 4, 4), on(0, 62),
+                  off(1920, 62)))
+  only44 = MidiConfig(steps_per_beat=4, meters=((4, 4),))
+  segments, counts = segments_of(data, only44)
+  assert segments[0].song is None and segments[0].bar_offset == 0
+  assert segments[0].reason == "meter 3/4 not in allowed meters (4/4)"
+  assert notes_of(segments[1].song) == [(1, 62, 0, 16, 100)] and segments[1].bar_offset == 2
+  assert counts["notes_other_meter"] == 1 and counts["notes_kept"] == 1
+  only68 = MidiConfig(steps_per_beat=4, meters=((6, 8),))
+  assert reason(data, config=only68) == (
+    "no segment left (bar 0: meter 3/4 not in allowed meters (6/8);"
+    " bar 2: meter 4/4 not in allowed meters (6/8))")
+
+
+def test_many_meter_changes_are_bounded():
+  # 5,000 one-bar parts alternating 3/4 and 2/4: more parts than max_bars allows.
+  events = [meter(0, 3, 4)]
+  for k in range(5000):
+    events += [on(0, 60), off(10, 60), meter(470 if k % 2 else 950, 2 if k % 2 == 0 else 3, 4)]
+  data = smf(mtrk(*events))
+  start = time.perf_counter()
+  assert reason(data, config=CFG4).startswith("song is longer than max_bars")
+  assert time.perf_counter() - start < 5
+
+
+@st.composite
+def meter_maps(draw):
+  """Parts of 2-4 bars in random meters, each with random notes on its eighth-note grid and
+  one on its last eighth (so that the notes show every part's length)."""
+  parts = []
+  for _ in range(draw(st.integers(1, 4))):
+    num, den = draw(st.sampled_from([(2, 4), (3, 4), (4, 4), (6, 8), (5, 8), (3, 2), (7, 8)]))
+    bars = draw(st.integers(2, 4))
+    eighths = bars * num * 8 // den
+    onsets = sorted(draw(st.sets(st.integers(0, eighths - 2), max_size=6)) | {eighths - 1})
+    parts.append(((num, den), bars, [(o, draw(st.integers(40, 90))) for o in onsets]))
+  return parts
+
+
+@given(meter_maps())
+@settings(max_examples=60, deadline=None)
+def test_segments_round_trip(parts):
+  # One eighth note per onset; each part's notes come back exactly in its own segment.
+  events, tick, last = [], 0, 0
+  for (num, den), bars, notes in parts:
+    events.append(meter(tick - last, num, den))
+    last = tick
+    for onset, pitch in notes:
+      events += [on(tick + onset * 240 - last, pitch), off(240, pitch)]
+      last = tick + onset * 240 + 240
+    tick += bars * num * 1920 // den
+  segments, counts = segments_of(smf(mtrk(*events)))
+  merged = []  # consecutive parts in one meter are one part
+  for meter_, bars, notes in parts:
+    if merged and merged[-1][0] == meter_:
+      offset = merged[-1][1] * meter_[0] * 8 // meter_[1]
+      merged[-1] = (meter_, merged[-1][1] + bars, merged[-1][2] + [(o + offset, p)
+                                                                   for o, p in notes])
+    else:
+      merged.append((meter_, bars, list(notes)))
+  assert len(segments) == len(merged) and counts["pickups"] == 0
+  bar_offset = 0
+  for segment, (meter_, bars, notes) in zip(segments, merged):
+    assert segment.time_signature == meter_ and segment.bar_offset == bar_offset
+    assert notes_of(segment.song) == [(1, p, 2 * o, 2, 100) for o, p in notes]
+    bar_offset += bars
 
 
 def test_pitch_range_drop_and_fold():

@@ -8,8 +8,9 @@ the result is cleaned up:
 * notes are sorted by (start, pitch, end) within each instrument;
 * the tempo map is merged over all tracks, sorted, one tempo per tick (the last one written
   wins), consecutive repeats dropped, and it starts at tick 0 (120 qpm unless the file says);
-* time signatures are merged over all tracks (music21 repeats them in every track), sorted
-  and deduplicated the same way;
+* time signatures are merged over all tracks (music21 repeats them in every track), sorted,
+  one per tick, and a restatement of the meter on one of its bar lines dropped (one off the
+  grid stays: it starts a bar, so the bar before it was short);
 * programs are plain ints (miditoolkit hands out np.int8, which json cannot encode);
 * a note-on that never gets its note-off is closed at the end of its track instead of
   vanishing silently, and counted in `midi.load_counts["notes_unterminated"]`;
@@ -484,7 +485,7 @@ class _Parser:
       tempos.insert(0, (0, 0, DEFAULT_QPM))
     midi.tempo_changes = [
       miditoolkit.TempoChange(qpm, tick) for tick, _, qpm in _drop_repeats(tempos, lambda t: t[2])]
-    meters = _drop_repeats(_last_per_tick(sorted(self.meters)), lambda m: m[2:])
+    meters = _drop_restatements(_last_per_tick(sorted(self.meters)), ticks_per_beat)
     midi.time_signature_changes = [miditoolkit.TimeSignature(n, d, t) for t, _, n, d in meters]
     keys = _drop_repeats(_last_per_tick(sorted(self.keys)), lambda k: k[2])
     midi.key_signature_changes = [miditoolkit.KeySignature(k, t) for t, _, k in keys]
@@ -511,6 +512,18 @@ def _drop_repeats(events: list[tuple], value) -> list[tuple]:
   for event in events:
     if not out or value(out[-1]) != value(event):
       out.append(event)
+  return out
+
+
+def _drop_restatements(events: list[tuple], tpb: int) -> list[tuple]:
+  """Of (tick, order, num, den) sorted by tick, those that change the meter or its bar lines."""
+  out: list[tuple] = []
+  for event in events:
+    if out and event[2:] == out[-1][2:]:
+      num, den = event[2:]
+      if ((event[0] - out[-1][0]) * den) % (tpb * 4 * num) == 0:
+        continue  # on a bar line of the same meter: changes nothing
+    out.append(event)
   return out
 
 
@@ -578,10 +591,11 @@ def _meter_spans(
 
   A time signature begins a bar of its meter (the MIDI convention), and these rules hold:
   * the last signature at or before the first note rules the start (what came before holds
-    no notes); restatements of the current meter and signatures after the last onset are
-    ignored (a held final chord does not make a change);
+    no notes); restatements of the current meter on its bar lines and signatures after the
+    last onset are ignored (a held final chord does not make a change); a restatement off
+    the grid starts a new part (its bar lines moved);
   * without a signature at or before the first note, the file is in 4/4 from tick 0 (the
-    standard's default) until its first signature, which starts a span even if it says 4/4;
+    standard's default) until its first signature;
   * pickup: a part of at most one bar of its own meter that is shorter than a bar of the next
     meter (a 1/4 bar before 4/4, or 480 ticks before the first signature) is the upbeat of
     the next part: it joins it, padded at the front so that it ends on its first bar line;
@@ -590,21 +604,23 @@ def _meter_spans(
   """
   events = sorted((int(ts.time), k, int(ts.numerator), int(ts.denominator))
                   for k, ts in enumerate(midi.time_signature_changes))
-  events = _drop_repeats(_last_per_tick(events), lambda e: e[2:])
-  before = [e for e in events if e[0] <= first_tick]
-  parts = [(before[-1][0], (before[-1][2], before[-1][3]))] if before else [(0, (4, 4))]
+  tpb = int(midi.ticks_per_beat)
+  for _, _, num, den in events:
+    if num < 1 or den not in DENOMINATORS:
+      raise MidiError(path, f"invalid time signature {meter_name((num, den))}")
+  events = _last_per_tick(events)
+  if not events or events[0][0] > first_tick:
+    events.insert(0, (0, -1, 4, 4))  # nothing rules the first note: the standard's default
+  events = _drop_restatements(events, tpb)
+  ruling = [e for e in events if e[0] <= first_tick][-1]
+  parts = [(ruling[0], (ruling[2], ruling[3]))]
   for tick, _, num, den in events:
     if tick <= first_tick or tick > last_onset:
       continue
-    if (num, den) != parts[-1][1] or (len(parts) == 1 and not before):
-      parts.append((tick, (num, den)))
-      # Every part is at least a bar: more parts than max_bars is a song too long.
-      if len(parts) > max_bars + 1:
-        raise MidiError(path, f"song is longer than max_bars ({max_bars} bars)")
-  for _, meter in parts:
-    if meter[0] < 1 or meter[1] not in DENOMINATORS:
-      raise MidiError(path, f"invalid time signature {meter_name(meter)}")
-  tpb = int(midi.ticks_per_beat)
+    parts.append((tick, (num, den)))
+    # Every part begins a bar: more parts than max_bars is a song too long.
+    if len(parts) > max_bars + 1:
+      raise MidiError(path, f"song is longer than max_bars ({max_bars} bars)")
   spans: list[_Span] = []
   pickup_start = None
   for i, (tick, meter) in enumerate(parts):
@@ -816,9 +832,10 @@ def quantize(
   """
   segments, counts = quantize_segments(midi, config, source=source)
   if len(segments) > 1:
-    a, b = segments[0], segments[1]
-    raise MidiError(source or "<midi>", f"meter changes from {meter_name(a.time_signature)} to"
-                    f" {meter_name(b.time_signature)} at tick {b.tick}")
+    a, b = (meter_name(s.time_signature) for s in segments[:2])
+    tick = segments[1].tick
+    raise MidiError(source or "<midi>", f"meter changes from {a} to {b} at tick {tick}" if a != b
+                    else f"bar lines of {a} move at tick {tick} (a short bar before it)")
   return segments[0].song, counts
 
 
