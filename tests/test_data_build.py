@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from jaxgan.data import builders, corpus
-from jaxgan.data.prepare import dataset_info, format_summary, prepare, read_split
+from jaxgan.data.prepare import (
+    DataWriteError, dataset_info, format_summary, prepare, read_split)
 from jaxgan.midi.song import ONSET, TRACK
 
 VOICES = ["soprano", "alto", "tenor", "bass"]
@@ -339,3 +340,78 @@ def test_prepare_keeps_segments_and_pickups(meter_folder, tmp_path, capsys):
       "dropped": {"meter does not fit the grid": 1}}
   assert summary["load_counts"]["notes_cut_at_meter_change"] == 1
   assert summary["load_counts"]["notes_other_meter"] == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Builds that cannot be written.
+
+
+def _leftovers(data_dir: str, name: str) -> list[str]:
+  folder = os.path.join(data_dir, name)
+  return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+def test_prepare_on_a_full_disk_leaves_nothing_half_built(midi_folder, tmp_path, monkeypatch):
+  import errno  # pylint: disable=import-outside-toplevel
+  from tensorflow_datasets.core import file_adapters  # pylint: disable=import-outside-toplevel
+  adapter = file_adapters.TfRecordFileAdapter
+  real = adapter.write_examples.__func__
+
+  def write_then_fail(cls, path, iterator):
+    # A record or two reach the disk, then it is full.
+    real(cls, path, list(iterator)[:1])
+    raise OSError(errno.ENOSPC, "No space left on device", os.fspath(path))
+
+  data_dir = str(tmp_path)
+  monkeypatch.setattr(adapter, "write_examples", classmethod(write_then_fail))
+  with pytest.raises(DataWriteError) as info:
+    prepare("midi_folder", data_dir=data_dir, manual_dir=midi_folder, progress=False)
+  e = info.value
+  assert e.reason.startswith("No space left on device") and "--data-dir" in e.reason
+  assert "midi_folder" in e.path and e.path.startswith(data_dir)
+  assert str(e).startswith(f"cannot build data set midi_folder in {e.path}: No space left")
+  assert _leftovers(data_dir, "midi_folder") == []  # no version folder, no temporary one
+  with pytest.raises(FileNotFoundError, match="jaxgan prepare midi_folder"):
+    dataset_info("midi_folder", data_dir=data_dir)
+  # Once there is space, the next run builds it whole.
+  monkeypatch.undo()
+  summary = prepare("midi_folder", data_dir=data_dir, manual_dir=midi_folder, progress=False,
+                    max_songs=4)
+  assert not summary["reused"] and summary["songs"] == 4
+
+
+def test_prepare_into_an_unusable_folder(midi_folder, tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a folder")
+  with pytest.raises(DataWriteError) as info:
+    prepare("midi_folder", data_dir=str(blocker / "data"), manual_dir=midi_folder,
+            progress=False, max_songs=2)
+  assert info.value.reason == "Not a directory" and str(blocker) in info.value.path
+  assert blocker.read_text() == "not a folder"
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+  """A 16 KiB tmpfs, where the test may mount one (root on Linux); skipped elsewhere."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  mount = tmp_path / "tiny"
+  mount.mkdir()
+  try:
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)],
+                          capture_output=True, timeout=20, check=False)
+  except (OSError, subprocess.TimeoutExpired) as e:
+    pytest.skip(f"cannot mount a tmpfs: {e}")
+  if done.returncode:
+    pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode(errors='replace').strip()}")
+  try:
+    yield str(mount)
+  finally:
+    subprocess.run(["umount", str(mount)], capture_output=True, timeout=20, check=False)
+
+
+def test_prepare_on_a_real_full_filesystem(midi_folder, tiny_tmpfs):
+  with pytest.raises(DataWriteError) as info:
+    prepare("midi_folder", data_dir=tiny_tmpfs, manual_dir=midi_folder, progress=False)
+  assert "No space left on device" in info.value.reason, info.value
+  assert info.value.path.startswith(tiny_tmpfs)
+  assert _leftovers(tiny_tmpfs, "midi_folder") == []

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
+import shutil
 import time
 from typing import Any
 
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import constants as tfds_constants
 from tensorflow_datasets.core.utils import tqdm_utils as tfds_tqdm
 
 from jaxgan.data import builders
@@ -20,6 +23,21 @@ log = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "JAXGAN_DATA_DIR"
 _tf_configured = False
+
+
+class DataWriteError(OSError):
+  """A data set could not be built where it was asked for: `path` says where, `reason` why.
+
+  Nothing half-built is left that a later `prepare` would take for a built data set, and a
+  data set built there before stays as it was.
+  """
+
+  def __init__(self, name: str, path: str, reason: str):
+    super().__init__(f"cannot build data set {name} in {path}: {reason}")
+    self.name, self.path, self.reason = name, path, reason
+
+  def __reduce__(self):
+    return (type(self), (self.name, self.path, self.reason))
 
 
 def default_data_dir() -> str:
@@ -93,15 +111,26 @@ def prepare(name: str, *, data_dir: str | None = None, manual_dir: str | None = 
     raise ValueError(f"{name} needs manual_dir: a folder of .mid/.midi files")
 
   if not reuse:
-    _tf()
+    tf = _tf()
     mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if _is_built(builder)
             else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
     # TFDS's own bars (per split, shuffling) would clutter ours, which counts files.
     bars = tfds_tqdm._active  # pylint: disable=protected-access
     tfds.display_progress_bar(False)
+    # TFDS builds in a temporary folder renamed into place at the end (and removed on an
+    # error); folders of a build killed midway are removed here too.
+    parent = os.path.dirname(os.fspath(builder.data_path))
+    before = _incomplete_dirs(parent)
     try:
       builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
           manual_dir=manual_dir, download_mode=mode))
+    except (OSError, RuntimeError, tf.errors.OpError) as e:
+      for path in _incomplete_dirs(parent) - before:
+        shutil.rmtree(path, ignore_errors=True)
+      cause = _system_error(e, tf.errors.OpError)
+      if cause is None:
+        raise  # not a system error: a missing MIDI folder says so itself
+      raise _write_error(name, data_dir, cause) from e
     finally:
       tfds.display_progress_bar(bars)
     builder = _builder(name, data_dir, **kwargs)  # reads the finished data set back
@@ -131,6 +160,41 @@ def prepare(name: str, *, data_dir: str | None = None, manual_dir: str | None = 
       "build_options": meta["build_options"],
       "seconds": round(time.time() - start, 2),
   }
+
+
+def _incomplete_dirs(parent: str) -> set[str]:
+  try:
+    names = os.listdir(parent)
+  except OSError:
+    return set()
+  return {os.path.join(parent, n) for n in names if n.startswith(tfds_constants.INCOMPLETE_PREFIX)}
+
+
+def _system_error(e: BaseException, op_error: type) -> BaseException | None:
+  """The OSError with an errno (or TensorFlow file error) behind e; TFDS re-raises errors
+  as new ones with its own message and the original as their cause."""
+  seen = 0
+  while e is not None and seen < 20:
+    if (isinstance(e, OSError) and e.errno is not None) or isinstance(e, op_error):
+      return e
+    e, seen = e.__cause__ or e.__context__, seen + 1
+  return None
+
+
+def _write_error(name: str, data_dir: str, e: Exception) -> DataWriteError:
+  """A DataWriteError naming the file or folder that failed (or the data dir) and why."""
+  if isinstance(e, OSError):
+    path = e.filename or data_dir
+    reason = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+      reason += " (free some space or choose another --data-dir)"
+  else:  # tf.errors.OpError from TensorFlow's file writers: "PATH; REASON"
+    message = str(getattr(e, "message", e))
+    path, _, reason = message.rpartition("; ")
+    path = path if path.startswith(os.sep) else data_dir
+    if "No space left" in reason:
+      reason += " (free some space or choose another --data-dir)"
+  return DataWriteError(name, os.fspath(path), reason)
 
 
 def format_summary(summary: dict, max_files: int = 20) -> str:
