@@ -7,7 +7,8 @@ events, bars) or to attack one thing (huge delta times, many tracks, tempo, mete
 controller events, long and unterminated notes); each is loaded in a fresh process, from raw
 bytes, through `load_midi` and `quantize_segments` at the defaults (what `prepare
 midi_folder` does), and the process's peak RSS and the seconds taken are reported. "RSS
-added" is the peak past the process's own after its imports (numpy, miditoolkit, jaxgan).
+added" is the peak past the process's own once its imports (numpy, miditoolkit, jaxgan) are
+done and the file is read.
 
 Output: Markdown on stdout (progress on stderr). Timings only; nothing is asserted
 (tests/test_midi_io.py holds the bounds that are asserted).
@@ -114,7 +115,7 @@ def case_many_tracks() -> bytes:
 def case_tempo_events() -> bytes:
   # A tempo change every tick (7 bytes each, about 14 MB) under one long note.
   tempo = b"\x01\xff\x51\x03\x07\xa1\x20"
-  body = b"\x00\x90\x3c\x64" + tempo * 2_000_000 + b"\x00\x80\x3c\x00"
+  body = b"\x00\x90\x3c\x64" + tempo * 1_999_000 + b"\x00\x80\x3c\x00"
   return smf([body + EOT])
 
 
@@ -186,7 +187,16 @@ CASES: dict[str, Callable[[], bytes]] = {
 CHILD = r"""
 import json, resource, sys, time
 from jaxgan.midi import MidiConfig, MidiError, load_midi, quantize_segments
-def rss(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def rss():
+  # VmHWM: this process's peak; ru_maxrss would carry the parent's over from before exec.
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 with open(sys.argv[1], "rb") as f:
   data = f.read()
 base = rss()

@@ -284,6 +284,54 @@ def test_mangled_files_raise_only_midi_error(data):
     assert song.num_notes == counts["notes_kept"] > 0
 
 
+# Meter changes, a pickup, a short bar, a restatement off the grid and a tempo change.
+METERS = smf(mtrk(tempo(0, 90), meter(0, 1, 4), on(0, 60), off(480, 60), meter(0, 4, 4),
+                  on(0, 62), off(1920, 62), meter(0, 2, 4), on(0, 64), off(960, 64),
+                  meter(0, 3, 4), tempo(0, 70), on(0, 65), off(2880, 65), meter(480, 3, 4),
+                  on(0, 67), off(1440, 67), meter(0, 1, 4), on(0, 69), off(480, 69)),
+             mtrk(program(0, 33), on(0, 40), off(7000, 40), on(0, 41), off(100, 41)))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_mangled_meter_files_give_consistent_segments(data):
+  raw = bytearray(METERS)
+  for _ in range(data.draw(st.integers(1, 6))):
+    op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+    i = data.draw(st.integers(0, max(len(raw) - 1, 0)))
+    if op == "flip" and raw:
+      raw[i] = data.draw(st.integers(0, 255))
+    elif op == "cut":
+      del raw[i:i + data.draw(st.integers(1, 8))]
+    else:
+      raw[i:i] = bytes(data.draw(st.lists(st.integers(0, 255), max_size=8)))
+  try:
+    segments, counts = segments_of(bytes(raw))
+  except MidiError as e:
+    assert e.reason and e.path == "<bytes>"
+    return
+  kept = [s.song for s in segments if s.song is not None]
+  assert kept and sum(s.num_notes for s in kept) == counts["notes_kept"]
+  offsets = [s.bar_offset for s in segments]
+  assert offsets == sorted(offsets) and offsets[0] == 0
+  for song in kept:
+    assert song.notes[:, ONSET].min() >= 0
+    assert (song.notes[:, ONSET] < song.num_bars * song.steps_per_bar).all()
+    assert len(song.tempos) == song.num_bars
+
+
+def test_meter_seed_file():
+  segments, counts = segments_of(METERS)
+  # Bars of the file: 0 the 1/4 pickup, 1 in 4/4, 2 in 2/4 (the 3/4's upbeat), 3-5 in 3/4
+  # (5 cut short by the 3/4 restated off its grid), 6-7 in 3/4 and a closing 1/4 bar.
+  assert [(s.time_signature, s.bar_offset, s.pickup) for s in segments] == [
+    ((4, 4), 0, True), ((3, 4), 2, True), ((3, 4), 6, False)]
+  assert [s.song.num_bars for s in segments] == [2, 3, 2]
+  assert counts["pickups"] == 2 and counts["notes_cut_at_meter_change"] == 1  # the bass
+  np.testing.assert_allclose(segments[1].song.tempos, [90, 70, 70], rtol=1e-6)
+  assert notes_of(segments[2].song)[-1] == (1, 69, 12, 4, 100)  # in the closing bar
+
+
 # ---------------------------------------------------------------------------------------------
 # miditoolkit 1.0.1 pitfalls
 
