@@ -142,6 +142,20 @@ def case_meter_parts_over() -> bytes:
   return smf([b"".join(out) + EOT])
 
 
+def case_notes_in_parts_max() -> bytes:
+  # max_bars one-bar parts as above, holding max_notes notes between them.
+  per_bar = LIMITS.max_notes // LIMITS.max_bars
+  out = []
+  for k in range(LIMITS.max_bars):
+    num = 3 if k % 2 == 0 else 2
+    spacing = num * 480 // per_bar
+    notes = b"".join(vlq(spacing - 3 if j else 0) + b"\x90" + bytes([36 + j % 72, 100]) +
+                     vlq(3) + b"\x80" + bytes([36 + j % 72, 0]) for j in range(per_bar))
+    rest = num * 480 - spacing * (per_bar - 1) - 3
+    out.append(meter_event(0, num, 4) + notes + vlq(rest) + b"\xff\x01\x00")
+  return smf([b"".join(out) + EOT])
+
+
 def case_markers() -> bytes:
   # 2,000,000 marker events with 2-byte texts (each becomes a Python object).
   marker = b"\x01\xff\x06\x02ab"
@@ -177,6 +191,7 @@ CASES: dict[str, Callable[[], bytes]] = {
     "meter_events": case_meter_events,
     "meter_parts_max": case_meter_parts_max,
     "meter_parts_over": case_meter_parts_over,
+    "notes_in_parts_max": case_notes_in_parts_max,
     "markers": case_markers,
     "long_notes": case_long_notes,
     "unterminated": case_unterminated,

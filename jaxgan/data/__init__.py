@@ -17,9 +17,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from jaxgan.data import builders, prepare  # noqa: E402  builders registers with TFDS
 from jaxgan.data.builders import JsbChorales, MidiFolder, Music21Styles  # noqa: E402
 from jaxgan.data.prepare import (  # noqa: E402
-    DataInfo, dataset_info, default_data_dir, format_summary, read_split)
+    DataInfo, DataWriteError, dataset_info, default_data_dir, format_summary, read_split)
 
 __all__ = [
-    "DataInfo", "JsbChorales", "MidiFolder", "Music21Styles", "builders", "dataset_info",
+    "DataInfo", "DataWriteError", "JsbChorales", "MidiFolder", "Music21Styles", "builders", "dataset_info",
     "default_data_dir", "format_summary", "prepare", "read_split",
 ]

@@ -743,6 +743,9 @@ def quantize_segments(
   # Notes belong to the part they start in; the first part takes any note before it.
   bounds = np.array([_round_steps(s.start, spb, tpb) for s in spans[1:]], np.int64)
   part_of = np.searchsorted(bounds, onset, side="right")
+  # The notes of part k are by_part[edges[k]:edges[k + 1]] (one sort, not a mask per part).
+  by_part = np.argsort(part_of, kind="stable")
+  edges = np.searchsorted(part_of[by_part], np.arange(len(spans) + 1))
 
   segments: list[Segment] = []
   origin_tick = Fraction(0)  # where the previous segment's bar 0 begins, in ticks
@@ -762,10 +765,10 @@ def quantize_segments(
       bar_offset += math.ceil((span.start - origin_tick) / prev_bar)
     origin_tick = origin
     counts["pickups"] += int(span.pickup)
-    mine = part_of == k
+    mine = by_part[edges[k]:edges[k + 1]]
     drop = _segment_error(span.meter, config)
     if drop:
-      counts["notes_other_meter"] += int((mine & keep).sum())
+      counts["notes_other_meter"] += int(keep[mine].sum())
       segments.append(Segment(None, bar_offset, span.pickup, span.anchor, span.meter, drop))
       continue
     steps_per_bar = meter_steps(span.meter, spb)
