@@ -544,6 +544,16 @@ def test_many_meter_changes_are_bounded():
   start = time.perf_counter()
   assert reason(data, config=CFG4).startswith("song is longer than max_bars")
   assert time.perf_counter() - start < 5
+  # The most parts max_bars allows: each 2/4 bar is the upbeat of the 3/4 bar after it.
+  events = []
+  for k in range(4096):
+    num = 3 if k % 2 else 2
+    events += [meter(0, num, 4), on(0, 60), off(num * 480, 60)]
+  start = time.perf_counter()
+  segments, counts = segments_of(smf(mtrk(*events)))
+  assert time.perf_counter() - start < 10  # ~1.5 s on one core
+  assert len(segments) == 2048 and counts["pickups"] == 2048
+  assert [s.bar_offset for s in segments[:3]] == [0, 2, 4] and segments[-1].bar_offset == 4094
 
 
 @st.composite
