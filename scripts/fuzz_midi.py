@@ -17,8 +17,8 @@ installed. The corpus lives in DIR/corpus and grows across runs (atheris adds th
 reach new code); it is seeded with small generated files (meter changes, pickups, drums,
 running status, RMID, format 0, unterminated notes, every event kind), three chorales of the
 music21 corpus rendered to MIDI, and the regression inputs in tests/fixtures/midi/. Crashing
-inputs go to DIR/crashes; reduce one with --minimize and commit it to tests/fixtures/midi/,
-where tests/test_midi_io.py loads every file.
+inputs go to DIR/crashes; reduce one with --minimize and commit it to tests/fixtures/midi/
+with a test in tests/test_midi_io.py (it then seeds every later run too).
 """
 
 from __future__ import annotations

@@ -771,3 +771,26 @@ def test_bach_chorale(name, tmp_path):
   # Four parts where five are expected.
   with pytest.raises(MidiError, match="has 4 parts, expected 5"):
     load_song(data, config=MidiConfig(track_mode="parts", track_names=tuple("abcde")))
+
+
+def test_fuzz_script_runs_bounded(tmp_path):
+  # The mutation engine for 3 s on the generated seeds (no music21): it must finish on time,
+  # keep its corpus and report what it ran.
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  start = time.perf_counter()
+  done = subprocess.run(
+    [sys.executable, os.path.join(root, "scripts", "fuzz_midi.py"), "--seconds", "3",
+     "--engine", "mutate", "--no-chorales", "--dir", str(tmp_path)],
+    capture_output=True, text=True, timeout=120, check=False)
+  assert done.returncode == 0, done.stdout + done.stderr
+  assert time.perf_counter() - start < 60
+  runs = [line for line in done.stdout.splitlines() if line.startswith("mutate: ")]
+  assert runs[-1].endswith("in 3 s, 0 problem(s)") and int(runs[-1].split()[1]) > 100
+  seeds = os.listdir(tmp_path / "corpus")
+  assert len(seeds) >= 9 and os.listdir(tmp_path / "crashes") == []
+  for name in seeds:  # every seed is a usable song
+    segments, _ = quantize_segments(load_midi((tmp_path / "corpus" / name).read_bytes()),
+                                    MidiConfig())
+    assert any(s.song is not None for s in segments), name
