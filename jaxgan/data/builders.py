@@ -406,6 +406,7 @@ class _SongBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     voices = tuple(result.voices)
     num_tracks = len(config.tracks())
     remap = bool(voices) and voices != tuple(range(num_tracks))
+    tracks = config.tracks()
     if remap:
       # "parts" mode wants one instrument per track: load the voices that are present as
       # the only tracks, then put them back in their places among all the voices.
@@ -417,7 +418,7 @@ class _SongBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     segments, counts = quantize_segments(midi, config, source=result.name)
     if remap:
       segments = [s if s.song is None else dataclasses.replace(s, song=_with_voices(
-          s.song, voices, self.midi_config().tracks())) for s in segments]
+          s.song, voices, tracks)) for s in segments]
     load_counts.update({k: int(v) for k, v in counts.items()})
     return segments
 
@@ -435,10 +436,10 @@ class JsbChorales(_SongBuilder):
   """The 4-part Bach chorales of the music21 corpus (about 350), built offline."""
 
   DESCRIPTION = (
-      "Bach's four-part chorales from the music21 corpus, one song per chorale file, tracks "
-      "soprano, alto, tenor, bass, at 12 steps per beat, every meter kept. Chorales with "
-      "instruments keep their 4 vocal parts; pickups are padded so downbeats fall on bar "
-      "lines.")
+      "Bach's four-part chorales from the music21 corpus, one song per chorale file (one per "
+      "constant-meter segment where the meter changes), tracks soprano, alto, tenor, bass, at "
+      "12 steps per beat, every meter kept. Chorales with instruments keep their 4 vocal "
+      "parts; pickups are padded so downbeats fall on bar lines.")
 
   def default_midi_config(self) -> MidiConfig:
     return MidiConfig(steps_per_beat=12, track_mode="parts", track_names=corpus.VOICES,
@@ -493,7 +494,8 @@ class MidiFolder(_SongBuilder):
 
   DESCRIPTION = (
       "Songs from a folder of MIDI files given as the manual dir, lpd5 tracks (drums, piano, "
-      "guitar, bass, strings) at 12 steps per beat, any meter. Each first-level subfolder is "
+      "guitar, bass, strings) at 12 steps per beat, any meter (a song whose meter changes is "
+      "split into constant-meter segments). Each first-level subfolder is "
       "a style; files directly in the folder have style 'default'. Files that cannot be read "
       "are skipped and listed in skipped.json.")
   HOMEPAGE = ""
