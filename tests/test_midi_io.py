@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 
 from jaxgan.midi import (
   MidiConfig, MidiError, Song, Track, load_midi, load_song, quantize, song_to_midi, write_midi)
-from jaxgan.midi.io import COUNT_KEYS
+from jaxgan.midi.io import COUNT_KEYS, quantize_segments
 from jaxgan.midi.song import DURATION, ONSET, normalize_notes
 from jaxgan.midi.tracks import LPD5_TRACKS, LPD17_TRACKS
 
@@ -284,6 +284,54 @@ def test_mangled_files_raise_only_midi_error(data):
     assert song.num_notes == counts["notes_kept"] > 0
 
 
+# Meter changes, a pickup, a short bar, a restatement off the grid and a tempo change.
+METERS = smf(mtrk(tempo(0, 90), meter(0, 1, 4), on(0, 60), off(480, 60), meter(0, 4, 4),
+                  on(0, 62), off(1920, 62), meter(0, 2, 4), on(0, 64), off(960, 64),
+                  meter(0, 3, 4), tempo(0, 70), on(0, 65), off(2880, 65), meter(480, 3, 4),
+                  on(0, 67), off(1440, 67), meter(0, 1, 4), on(0, 69), off(480, 69)),
+             mtrk(program(0, 33), on(0, 40), off(7000, 40), on(0, 41), off(100, 41)))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_mangled_meter_files_give_consistent_segments(data):
+  raw = bytearray(METERS)
+  for _ in range(data.draw(st.integers(1, 6))):
+    op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+    i = data.draw(st.integers(0, max(len(raw) - 1, 0)))
+    if op == "flip" and raw:
+      raw[i] = data.draw(st.integers(0, 255))
+    elif op == "cut":
+      del raw[i:i + data.draw(st.integers(1, 8))]
+    else:
+      raw[i:i] = bytes(data.draw(st.lists(st.integers(0, 255), max_size=8)))
+  try:
+    segments, counts = segments_of(bytes(raw))
+  except MidiError as e:
+    assert e.reason and e.path == "<bytes>"
+    return
+  kept = [s.song for s in segments if s.song is not None]
+  assert kept and sum(s.num_notes for s in kept) == counts["notes_kept"]
+  offsets = [s.bar_offset for s in segments]
+  assert offsets == sorted(offsets) and offsets[0] == 0
+  for song in kept:
+    assert song.notes[:, ONSET].min() >= 0
+    assert (song.notes[:, ONSET] < song.num_bars * song.steps_per_bar).all()
+    assert len(song.tempos) == song.num_bars
+
+
+def test_meter_seed_file():
+  segments, counts = segments_of(METERS)
+  # Bars of the file: 0 the 1/4 pickup, 1 in 4/4, 2 in 2/4 (the 3/4's upbeat), 3-5 in 3/4
+  # (5 cut short by the 3/4 restated off its grid), 6-7 in 3/4 and a closing 1/4 bar.
+  assert [(s.time_signature, s.bar_offset, s.pickup) for s in segments] == [
+    ((4, 4), 0, True), ((3, 4), 2, True), ((3, 4), 6, False)]
+  assert [s.song.num_bars for s in segments] == [2, 3, 2]
+  assert counts["pickups"] == 2 and counts["notes_cut_at_meter_change"] == 1  # the bass
+  np.testing.assert_allclose(segments[1].song.tempos, [90, 70, 70], rtol=1e-6)
+  assert notes_of(segments[2].song)[-1] == (1, 69, 12, 4, 100)  # in the closing bar
+
+
 # ---------------------------------------------------------------------------------------------
 # miditoolkit 1.0.1 pitfalls
 
@@ -381,7 +429,7 @@ def test_same_onset_notes_merge():
 
 
 @pytest.mark.parametrize("events, cfg, expected", [
-  ([meter(0, 4, 4), on(0, 60), meter(1920, 3, 4), off(3000, 60)], CFG4,
+  ([meter(0, 4, 4), on(0, 60), meter(1920, 3, 4), on(0, 62), off(3000, 60), off(0, 62)], CFG4,
    "meter changes from 4/4 to 3/4 at tick 1920"),
   ([meter(0, 3, 4), on(0, 60), off(10, 60)], MidiConfig(steps_per_beat=4, meters=((4, 4),)),
    "meter 3/4 not in allowed meters (4/4)"),
@@ -417,13 +465,138 @@ def test_bars_count_from_the_signature():
   assert song.time_signature == (3, 4) and counts["steps_shifted"] == 4
   assert notes_of(song) == [(1, 60, 0, 12, 100), (1, 62, 12, 4, 100)]
   np.testing.assert_allclose(song.tempos, [80, 80], rtol=1e-6)
-  data = smf(mtrk(meter(0, 3, 4), meter(1440 + 480, 3, 4), on(0, 60), off(480, 60)))
+  data = smf(mtrk(meter(0, 3, 4), meter(1440, 3, 4), on(480, 60), off(480, 60)))
   song, counts = load_song(data, config=CFG4)
   assert counts["steps_shifted"] == 0 and notes_of(song) == [(1, 60, 16, 4, 100)]
-  # A pickup bar in its own meter, holding notes, is a change of meter.
+  # Restated off its grid, the meter starts a bar there all the same (the bar before it was
+  # short): bars count from the restatement.
+  data = smf(mtrk(meter(0, 3, 4), meter(1440 + 480, 3, 4), on(0, 60), off(480, 60)))
+  song, counts = load_song(data, config=CFG4)
+  assert counts["steps_shifted"] == 4 and notes_of(song) == [(1, 60, 12, 4, 100)]
+  assert [t.time for t in load_midi(data).time_signature_changes] == [0, 1920]
+  moved = smf(mtrk(meter(0, 4, 4), on(0, 60), off(480, 60), meter(2400, 4, 4), on(0, 62),
+                   off(480, 62)))
+  assert reason(moved, config=CFG4) == (
+    "bar lines of 4/4 move at tick 2880 (a short bar before it)")
+  # A pickup bar in its own meter is padded to a full bar of the meter after it: the
+  # downbeat is the bar line at step 16, and the grid moved the notes on (a negative shift).
   pickup = smf(mtrk(meter(0, 1, 4), on(0, 60), off(480, 60), meter(0, 4, 4), on(0, 62),
                     off(1920, 62)))
-  assert reason(pickup, config=CFG4) == "meter changes from 1/4 to 4/4 at tick 480"
+  song, counts = load_song(pickup, config=CFG4)
+  assert song.time_signature == (4, 4) and song.num_bars == 2
+  assert notes_of(song) == [(1, 60, 12, 4, 100), (1, 62, 16, 16, 100)]
+  assert counts["pickups"] == 1 and counts["steps_shifted"] == -12
+  # Two bars of 1/4 are not a pickup: a change of meter.
+  twice = smf(mtrk(meter(0, 1, 4), on(0, 60), off(960, 60), meter(0, 4, 4), on(0, 62),
+                   off(1920, 62)))
+  assert reason(twice, config=CFG4) == "meter changes from 1/4 to 4/4 at tick 960"
+
+
+def segments_of(data, config=CFG4):
+  return quantize_segments(load_midi(data), config)
+
+
+def test_segments_short_bars_pickups_and_tails():
+  # 4/4, one 2/4 bar, 4/4 again: the 2/4 bar is the upbeat of the second 4/4 part.
+  data = smf(mtrk(meter(0, 4, 4), on(0, 60), off(3840, 60), meter(0, 2, 4), on(0, 62),
+                  off(960, 62), meter(0, 4, 4), on(0, 64), off(1920, 64)))
+  segments, counts = segments_of(data)
+  assert [(s.time_signature, s.bar_offset, s.pickup, s.tick) for s in segments] == [
+    ((4, 4), 0, False, 0), ((4, 4), 2, True, 4800)]
+  assert notes_of(segments[0].song) == [(1, 60, 0, 32, 100)]
+  assert notes_of(segments[1].song) == [(1, 62, 8, 8, 100), (1, 64, 16, 16, 100)]
+  assert counts["pickups"] == 1 and counts["notes_kept"] == 3
+  with pytest.raises(MidiError, match="meter changes from 4/4 to 4/4|bar lines of 4/4 move"):
+    quantize(load_midi(data), CFG4)
+  # A 1/4 bar closing a 2/4 song is its last bar, not a change.
+  data = smf(mtrk(meter(0, 2, 4), on(0, 60), off(3840, 60), meter(0, 1, 4), on(0, 62),
+                  off(480, 62)))
+  song, counts = load_song(data, config=CFG4)
+  assert song.time_signature == (2, 4) and song.num_bars == 5
+  assert notes_of(song)[-1] == (1, 62, 32, 4, 100)
+  # Two bars of it are a change.
+  data = smf(mtrk(meter(0, 2, 4), on(0, 60), off(3840, 60), meter(0, 1, 4), on(0, 62),
+                  off(960, 62)))
+  assert [s.time_signature for s in segments_of(data)[0]] == [(2, 4), (1, 4)]
+
+
+def test_segments_of_other_meters_are_dropped():
+  data = smf(mtrk(meter(0, 3, 4), on(0, 60), off(2880, 60), meter(0, 4, 4), on(0, 62),
+                  off(1920, 62)))
+  only44 = MidiConfig(steps_per_beat=4, meters=((4, 4),))
+  segments, counts = segments_of(data, only44)
+  assert segments[0].song is None and segments[0].bar_offset == 0
+  assert segments[0].reason == "meter 3/4 not in allowed meters (4/4)"
+  assert notes_of(segments[1].song) == [(1, 62, 0, 16, 100)] and segments[1].bar_offset == 2
+  assert counts["notes_other_meter"] == 1 and counts["notes_kept"] == 1
+  only68 = MidiConfig(steps_per_beat=4, meters=((6, 8),))
+  assert reason(data, config=only68) == (
+    "no segment left (bar 0: meter 3/4 not in allowed meters (6/8);"
+    " bar 2: meter 4/4 not in allowed meters (6/8))")
+
+
+def test_many_meter_changes_are_bounded():
+  # 5,000 one-bar parts alternating 3/4 and 2/4: more parts than max_bars allows.
+  events = [meter(0, 3, 4)]
+  for k in range(5000):
+    events += [on(0, 60), off(10, 60), meter(470 if k % 2 else 950, 2 if k % 2 == 0 else 3, 4)]
+  data = smf(mtrk(*events))
+  start = time.perf_counter()
+  assert reason(data, config=CFG4).startswith("song is longer than max_bars")
+  assert time.perf_counter() - start < 5
+  # The most parts max_bars allows: each 2/4 bar is the upbeat of the 3/4 bar after it.
+  events = []
+  for k in range(4096):
+    num = 3 if k % 2 else 2
+    events += [meter(0, num, 4), on(0, 60), off(num * 480, 60)]
+  start = time.perf_counter()
+  segments, counts = segments_of(smf(mtrk(*events)))
+  assert time.perf_counter() - start < 10  # ~1.5 s on one core
+  assert len(segments) == 2048 and counts["pickups"] == 2048
+  assert [s.bar_offset for s in segments[:3]] == [0, 2, 4] and segments[-1].bar_offset == 4094
+
+
+@st.composite
+def meter_maps(draw):
+  """Parts of 2-4 bars in random meters, each with random notes on its eighth-note grid and
+  one on its last eighth (so that the notes show every part's length)."""
+  parts = []
+  for _ in range(draw(st.integers(1, 4))):
+    num, den = draw(st.sampled_from([(2, 4), (3, 4), (4, 4), (6, 8), (5, 8), (3, 2), (7, 8)]))
+    bars = draw(st.integers(2, 4))
+    eighths = bars * num * 8 // den
+    onsets = sorted(draw(st.sets(st.integers(0, eighths - 2), max_size=6)) | {eighths - 1})
+    parts.append(((num, den), bars, [(o, draw(st.integers(40, 90))) for o in onsets]))
+  return parts
+
+
+@given(meter_maps())
+@settings(max_examples=60, deadline=None)
+def test_segments_round_trip(parts):
+  # One eighth note per onset; each part's notes come back exactly in its own segment.
+  events, tick, last = [], 0, 0
+  for (num, den), bars, notes in parts:
+    events.append(meter(tick - last, num, den))
+    last = tick
+    for onset, pitch in notes:
+      events += [on(tick + onset * 240 - last, pitch), off(240, pitch)]
+      last = tick + onset * 240 + 240
+    tick += bars * num * 1920 // den
+  segments, counts = segments_of(smf(mtrk(*events)))
+  merged = []  # consecutive parts in one meter are one part
+  for meter_, bars, notes in parts:
+    if merged and merged[-1][0] == meter_:
+      offset = merged[-1][1] * meter_[0] * 8 // meter_[1]
+      merged[-1] = (meter_, merged[-1][1] + bars, merged[-1][2] + [(o + offset, p)
+                                                                   for o, p in notes])
+    else:
+      merged.append((meter_, bars, list(notes)))
+  assert len(segments) == len(merged) and counts["pickups"] == 0
+  bar_offset = 0
+  for segment, (meter_, bars, notes) in zip(segments, merged):
+    assert segment.time_signature == meter_ and segment.bar_offset == bar_offset
+    assert notes_of(segment.song) == [(1, p, 2 * o, 2, 100) for o, p in notes]
+    bar_offset += bars
 
 
 def test_pitch_range_drop_and_fold():
@@ -598,3 +771,26 @@ def test_bach_chorale(name, tmp_path):
   # Four parts where five are expected.
   with pytest.raises(MidiError, match="has 4 parts, expected 5"):
     load_song(data, config=MidiConfig(track_mode="parts", track_names=tuple("abcde")))
+
+
+def test_fuzz_script_runs_bounded(tmp_path):
+  # The mutation engine for 3 s on the generated seeds (no music21): it must finish on time,
+  # keep its corpus and report what it ran.
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  start = time.perf_counter()
+  done = subprocess.run(
+    [sys.executable, os.path.join(root, "scripts", "fuzz_midi.py"), "--seconds", "3",
+     "--engine", "mutate", "--no-chorales", "--dir", str(tmp_path)],
+    capture_output=True, text=True, timeout=120, check=False)
+  assert done.returncode == 0, done.stdout + done.stderr
+  assert time.perf_counter() - start < 60
+  runs = [line for line in done.stdout.splitlines() if line.startswith("mutate: ")]
+  assert runs[-1].endswith("in 3 s, 0 problem(s)") and int(runs[-1].split()[1]) > 100
+  seeds = os.listdir(tmp_path / "corpus")
+  assert len(seeds) >= 9 and os.listdir(tmp_path / "crashes") == []
+  for name in seeds:  # every seed is a usable song
+    segments, _ = quantize_segments(load_midi((tmp_path / "corpus" / name).read_bytes()),
+                                    MidiConfig())
+    assert any(s.song is not None for s in segments), name

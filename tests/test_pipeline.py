@@ -20,7 +20,8 @@ STORED_SPB = 12  # the chorales' stored resolution (steps per beat)
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  """A small chorale build, shared by the module: 10 train songs (7 in 4/4), 1 test song."""
+  """A small chorale build, shared by the module: 12 train entries (9 in 4/4; bwv41.6 is
+  stored as 3 constant-meter segments), 1 test song."""
   path = str(tmp_path_factory.mktemp("jsb"))
   prepare.prepare("jsb_chorales", data_dir=path, max_songs=12, progress=False)
   return path
@@ -80,7 +81,7 @@ def test_table_holds_the_4_4_songs_at_the_training_resolution(data_dir, table):
   stored = {ex["source"].decode(): ex for ex in
             prepare.read_split("jsb_chorales", "train", data_dir=data_dir).as_numpy_iterator()}
   four_four = [s for s, ex in stored.items() if tuple(ex["time_signature"]) == (4, 4)]
-  assert table.sources == four_four and len(four_four) == 7
+  assert table.sources == four_four and len(four_four) == 9
   assert table.drum_tracks == ()
   for i, source in enumerate(table.sources):
     notes = stored[source]["notes"]
@@ -93,7 +94,7 @@ def test_table_holds_the_4_4_songs_at_the_training_resolution(data_dir, table):
   # Every bar of a chorale has notes, so every 2-bar start is a window, in order.
   expected_windows = [(s, b) for s, bars in enumerate(table.num_bars) for b in range(bars - 1)]
   assert table.windows.tolist() == [list(w) for w in expected_windows]
-  assert len(table.windows) == 82
+  assert len(table.windows) == 100
 
 
 def test_downsample_rounds_half_up_and_keeps_notes_audible():
@@ -392,7 +393,7 @@ def test_eval_batches_visit_every_window_once_in_order(data_dir, table):
   config = _config(data_dir, ("data.transpose", "5"))
   batches = list(pipeline.eval_batches(config, "train", batch_size=16, table=table))
   n = len(table.windows)
-  assert len(batches) == -(-n // 16) == 6
+  assert len(batches) == -(-n // 16) == 7
   assert sum(int(b["valid"].sum()) for b in batches) == n
   last = batches[-1]
   np.testing.assert_array_equal(last["valid"], [True] * (n % 16) + [False] * (16 - n % 16))

@@ -18,10 +18,10 @@ from jaxgan.data import builders, prepare  # noqa: E402  builders registers with
 from jaxgan.data.builders import (  # noqa: E402
     JsbChorales, JsbChoralesStandard, MidiFolder, Music21Styles, TrackFacts)
 from jaxgan.data.prepare import (  # noqa: E402
-    DataInfo, dataset_info, default_data_dir, format_summary, read_split)
+    DataInfo, DataWriteError, dataset_info, default_data_dir, format_summary, read_split)
 
 __all__ = [
-    "DataInfo", "JsbChorales", "JsbChoralesStandard", "MidiFolder", "Music21Styles",
-    "TrackFacts", "builders", "dataset_info", "default_data_dir", "format_summary", "prepare",
-    "read_split",
+    "DataInfo", "DataWriteError", "JsbChorales", "JsbChoralesStandard", "MidiFolder",
+    "Music21Styles", "TrackFacts", "builders", "dataset_info", "default_data_dir",
+    "format_summary", "prepare", "read_split",
 ]

@@ -1,7 +1,8 @@
 """TFDS builders of the song data sets: jsb_chorales, jsb_chorales_standard, music21_styles
 and midi_folder.
 
-Every example is one song, stored sparse:
+Every example is one song, or one constant-meter segment of a song whose meter changes
+(`jaxgan.midi.quantize_segments`), stored sparse:
 
   notes           int32 [N, 5]  Song.notes (track, pitch, onset, duration, velocity)
   tokens          int32 [L]     the song's event tokens (jaxgan.midi.encode)
@@ -10,15 +11,17 @@ Every example is one song, stored sparse:
   time_signature  int32 [2]     (numerator, denominator)
   tempo           float32       quarter notes per minute at the first bar
   style           int32         index into the data set's style names
-  source          text          corpus name or path relative to the MIDI folder
+  source          text          the key: `parent`, or `parent@barN` for a segment of it
+  parent          text          corpus name or path relative to the MIDI folder
+  bar_offset      int32         the bar of the parent the entry's bar 0 is (0 for whole songs)
 
 Data-set level facts live in the TFDS metadata (metadata.json): the MidiConfig, the tracks,
 the style names, the vocabulary, the build options, counts of skipped files by reason,
 statistics of the train split and per-track facts (`TrackFacts`: pitch range of the train
 split, whether the track is monophonic); vocab.json and skipped.json (every skipped file with
-its reason) are written next to them. Splits are 80/10/10 by a hash of `source`, so a song
-keeps its split across rebuilds and caps; a split that receives no song is not written
-(jsb_chorales_standard keeps its published split instead).
+its reason) are written next to them. Splits are 80/10/10 by a hash of `parent`, so a song
+keeps its split across rebuilds and caps and all segments of a song share one; a split that
+receives no song is not written (jsb_chorales_standard keeps its published split instead).
 
 Builder keyword arguments (through `tfds.builder(name, **kwargs)` or `prepare`):
 max_songs (read at most this many source files), midi_overrides (MidiConfig fields),
@@ -46,8 +49,9 @@ import tensorflow_datasets as tfds
 
 from jaxgan.data import corpus, standard
 from jaxgan.data import match as match_lib
-from jaxgan.midi import (MidiConfig, MidiError, Vocabulary, encode, load_song,
-                         song_to_midi)
+from jaxgan.midi import (
+    MidiConfig, MidiError, Segment, Vocabulary, encode, load_midi, quantize_segments,
+    song_to_midi)
 from jaxgan.midi.song import DURATION, ONSET, PITCH, TRACK, Song, Track
 
 log = logging.getLogger(__name__)
@@ -74,15 +78,19 @@ def features() -> tfds.features.FeaturesDict:
       "tempo": tfds.features.Scalar(dtype=np.float32),
       "style": tfds.features.Scalar(dtype=np.int32),
       "source": tfds.features.Text(),
+      "parent": tfds.features.Text(),
+      "bar_offset": tfds.features.Scalar(dtype=np.int32),
   })
 
 
 @dataclasses.dataclass
 class LoadedSong:
-  song: Song
+  song: Song             # song.source is the stored key
   tokens: np.ndarray
   style: int
   split: str
+  parent: str = ""       # the file it came from ("" = song.source)
+  bar_offset: int = 0
 
 
 def song_example(s: LoadedSong) -> dict[str, Any]:
@@ -96,6 +104,8 @@ def song_example(s: LoadedSong) -> dict[str, Any]:
       "tempo": np.float32(song.tempos[0] if len(song.tempos) else corpus.DEFAULT_QPM),
       "style": np.int32(s.style),
       "source": song.source,
+      "parent": s.parent or song.source,
+      "bar_offset": np.int32(s.bar_offset),
   }
 
 
@@ -233,6 +243,7 @@ def convert_pieces(pieces: Sequence[corpus.Piece], *, num_workers: int | None = 
 # MidiError reasons name tracks, ticks and meters; skips are counted by these categories.
 _REASON_CATEGORIES = (
     (r"^meter changes", "meter changes"),
+    (r"^no segment left", "no segment left"),
     (r"^has \d+ parts, expected", "wrong number of parts"),
     (r"^truncated", "truncated file"),
     (r"^meter \S+ not in allowed meters", "meter not allowed"),
@@ -253,9 +264,11 @@ def reason_category(reason: str) -> str:
   return re.sub(r"\d+", "N", short) or "unknown"
 
 
-def _notes_digest(song: Song) -> str:
-  h = hashlib.sha1(np.ascontiguousarray(song.notes, np.int32).tobytes())
-  h.update(repr(tuple(song.time_signature)).encode())
+def _notes_digest(songs: Sequence[Song]) -> str:
+  h = hashlib.sha1()
+  for song in songs:
+    h.update(np.ascontiguousarray(song.notes, np.int32).tobytes())
+    h.update(repr(tuple(song.time_signature)).encode())
   return h.hexdigest()
 
 
@@ -273,10 +286,14 @@ def vocabulary_for(config: MidiConfig, meters: Iterable[tuple[int, int]]) -> Voc
 
 
 class _SongBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Shared build logic: pieces -> MIDI bytes -> load_song -> tokens -> examples."""
+  """Shared build logic: pieces -> MIDI bytes -> segments -> tokens -> examples."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "1.1.0": "Songs whose meter changes are kept as constant-meter segments (features "
+               "parent, bar_offset); pickup bars in MIDI files are padded to a full bar.",
+  }
   DESCRIPTION = ""
   HOMEPAGE = "https://web.mit.edu/music21/"
 
@@ -372,7 +389,9 @@ class _SongBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     style_index = {s: i for i, s in enumerate(styles)}
     voice_configs: dict[tuple[int, ...], MidiConfig] = {}
     load_counts: collections.Counter = collections.Counter()
-    loaded: list[tuple[corpus.Piece, Song]] = []
+    loaded: list[tuple[corpus.Piece, list[Segment]]] = []
+    segment_counts = dict.fromkeys(("whole", "split", "segments", "pickups"), 0)
+    dropped: collections.Counter = collections.Counter()
     skipped: list[dict[str, str]] = []
     seen: dict[str, str] = {}
 
@@ -384,7 +403,7 @@ class _SongBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         skip(piece.name, result.reason or "unreadable", result.detail)
         continue
       try:
-        song = self._load(result, config, voice_configs, load_counts)
+        segments = self._load(result, config, voice_configs, load_counts)
       except MidiError as e:
         skip(piece.name, reason_category(e.reason), e.reason)
         continue
@@ -392,22 +411,35 @@ class _SongBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         # One odd file must not end a long build; it is listed like any other skip.
         skip(piece.name, f"unexpected {type(e).__name__}", str(e)[:300])
         continue
-      digest = _notes_digest(song)
+      # Duplicates are whole files: two equal verses of one song are not.
+      digest = _notes_digest([s.song for s in segments if s.song is not None])
       if digest in seen:
         skip(piece.name, "duplicate", f"same notes as {seen[digest]}")
         continue
       seen[digest] = piece.name
-      loaded.append((piece, song))
+      loaded.append((piece, segments))
+      kept = [s for s in segments if s.song is not None]
+      segment_counts["whole" if len(segments) == 1 else "split"] += 1
+      segment_counts["segments"] += len(kept) if len(segments) > 1 else 0
+      segment_counts["pickups"] += sum(s.pickup for s in segments)
+      dropped.update(reason_category(s.reason) for s in segments if s.song is None)
 
-    vocab = vocabulary_for(config, [song.time_signature for _, song in loaded])
+    vocab = vocabulary_for(
+        config, [s.song.time_signature for _, segs in loaded for s in segs if s.song])
     songs: list[LoadedSong] = []
-    for piece, song in loaded:
+    for piece, segments in loaded:
+      split = self.split_of(piece)  # one split for all segments of a song
       try:
-        tokens = encode(song, vocab)
+        tokens = [encode(s.song, vocab) for s in segments if s.song is not None]
       except ValueError as e:
         skip(piece.name, "cannot encode", str(e)[:300])
         continue
-      songs.append(LoadedSong(song, tokens, style_index[piece.style], self.split_of(piece)))
+      kept = [s for s in segments if s.song is not None]
+      for segment, song_tokens in zip(kept, tokens):
+        key = piece.name if len(segments) == 1 else f"{piece.name}@bar{segment.bar_offset}"
+        song = dataclasses.replace(segment.song, source=key)
+        songs.append(LoadedSong(song, song_tokens, style_index[piece.style], split,
+                                piece.name, segment.bar_offset))
     if not songs:
       reasons = collections.Counter(s["reason"] for s in skipped)
       raise ValueError(f"{self.name}: none of the {len(pieces)} files gave a song "
@@ -424,6 +456,9 @@ class _SongBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     style_counts = collections.Counter(styles[s.style] for s in songs)
     summary = {
         "files": len(pieces),
+        # Files kept whole or split at meter changes (into kept segments, and segments
+        # dropped by reason), and pickup bars padded; skipped files are under "skipped".
+        "segments": {**segment_counts, "dropped": dict(sorted(dropped.items()))},
         "splits": splits,
         "styles": {s: style_counts.get(s, 0) for s in styles},
         "skipped": skipped_counts,
@@ -446,24 +481,33 @@ class _SongBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _load(self, result: corpus.Converted, config: MidiConfig,
             voice_configs: dict[tuple[int, ...], MidiConfig],
-            load_counts: collections.Counter) -> Song:
-    """load_song on the MIDI bytes; corpus pieces missing voices get their tracks remapped."""
+            load_counts: collections.Counter) -> list[Segment]:
+    """The constant-meter segments of the MIDI bytes (quantize_segments); corpus pieces
+    missing voices get their tracks remapped."""
     voices = tuple(result.voices)
     num_tracks = len(config.tracks())
-    if not voices or voices == tuple(range(num_tracks)):
-      song, counts = load_song(result.midi, config=config, name=result.name)
-    else:
+    remap = bool(voices) and voices != tuple(range(num_tracks))
+    tracks = config.tracks()
+    if remap:
       # "parts" mode wants one instrument per track: load the voices that are present as
       # the only tracks, then put them back in their places among all the voices.
       if voices not in voice_configs:
         voice_configs[voices] = dataclasses.replace(
             config, track_names=tuple(config.track_names[v] for v in voices))
-      song, counts = load_song(result.midi, config=voice_configs[voices], name=result.name)
-      notes = np.array(song.notes, np.int32, copy=True)
-      notes[:, TRACK] = np.asarray(voices, np.int32)[notes[:, TRACK]]
-      song = dataclasses.replace(song, notes=notes, tracks=config.tracks())
+      config = voice_configs[voices]
+    midi = load_midi(result.midi, name=result.name, config=config)
+    segments, counts = quantize_segments(midi, config, source=result.name)
+    if remap:
+      segments = [s if s.song is None else dataclasses.replace(s, song=_with_voices(
+          s.song, voices, tracks)) for s in segments]
     load_counts.update({k: int(v) for k, v in counts.items()})
-    return song
+    return segments
+
+
+def _with_voices(song: Song, voices: tuple[int, ...], tracks) -> Song:
+  notes = np.array(song.notes, np.int32, copy=True)
+  notes[:, TRACK] = np.asarray(voices, np.int32)[notes[:, TRACK]]
+  return dataclasses.replace(song, notes=notes, tracks=tuple(tracks))
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,10 +517,10 @@ class JsbChorales(_SongBuilder):
   """The 4-part Bach chorales of the music21 corpus (about 350), built offline."""
 
   DESCRIPTION = (
-      "Bach's four-part chorales from the music21 corpus, one song per chorale file, tracks "
-      "soprano, alto, tenor, bass, at 12 steps per beat, every meter kept. Chorales with "
-      "instruments keep their 4 vocal parts; pickups are padded so downbeats fall on bar "
-      "lines.")
+      "Bach's four-part chorales from the music21 corpus, one song per chorale file (one per "
+      "constant-meter segment where the meter changes), tracks soprano, alto, tenor, bass, at "
+      "12 steps per beat, every meter kept. Chorales with instruments keep their 4 vocal "
+      "parts; pickups are padded so downbeats fall on bar lines.")
 
   def default_midi_config(self) -> MidiConfig:
     return MidiConfig(steps_per_beat=12, track_mode="parts", track_names=corpus.VOICES,
@@ -605,11 +649,16 @@ class JsbChoralesStandard(_SongBuilder):
     return corpus.Converted(name, buf.getvalue(), voices=present)
 
   def _load(self, result, config, voice_configs, load_counts):
-    song = super()._load(result, config, voice_configs, load_counts)
-    if song.source.startswith(standard.SOURCE_PREFIX + "/"):
-      return song
-    # A corpus extra: into the split's encoding (16th notes, one pitch per voice, repeated
-    # notes held), so that every song of the data set looks alike.
+    segments = super()._load(result, config, voice_configs, load_counts)
+    if result.name.startswith(standard.SOURCE_PREFIX + "/"):
+      return segments
+    return [s if s.song is None else dataclasses.replace(s, song=self._as_16ths(s.song, load_counts))
+            for s in segments]
+
+  @staticmethod
+  def _as_16ths(song: Song, load_counts: collections.Counter) -> Song:
+    """A corpus extra in the split's encoding (16th notes, one pitch per voice, repeated notes
+    held), so that every song of the data set looks alike."""
     frames = match_lib.frames_from_notes(song.notes, song.steps_per_beat, len(corpus.VOICES),
                                          song.num_steps)
     notes = match_lib.notes_from_frames(frames, song.steps_per_beat // match_lib.FRAMES_PER_BEAT)
@@ -707,7 +756,8 @@ class MidiFolder(_SongBuilder):
 
   DESCRIPTION = (
       "Songs from a folder of MIDI files given as the manual dir, lpd5 tracks (drums, piano, "
-      "guitar, bass, strings) at 12 steps per beat, any meter. Each first-level subfolder is "
+      "guitar, bass, strings) at 12 steps per beat, any meter (a song whose meter changes is "
+      "split into constant-meter segments). Each first-level subfolder is "
       "a style; files directly in the folder have style 'default'. Files that cannot be read "
       "are skipped and listed in skipped.json.")
   HOMEPAGE = ""

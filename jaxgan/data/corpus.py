@@ -211,20 +211,39 @@ def _meters(stream_) -> list[tuple[float, int, int]]:
 
   Read per measure because offsets of flattened time signatures are unreliable for some
   ABC files. Repeats of the current meter and sub-beat bars (music21's ABC reader makes 1/32
-  bars out of grace-note fragments) are not meter changes.
+  bars out of grace-note fragments) are not meter changes. A measure that brings a new meter
+  but is shorter than its bar is the upbeat of the new section (bwv304 goes to 3/4 with a
+  one-beat measure): it gets a signature of its own length and the new meter begins at the
+  next measure, where its first full bar is; the MIDI loader pads such a bar as a pickup.
   """
-  out = []
+  out: list[tuple[float, int, int]] = []
   measures = list(stream_.getElementsByClass("Measure"))
   if measures:
-    found = [(float(m.offset), m.timeSignature) for m in measures if m.timeSignature is not None]
+    found = [(k, float(m.offset), m.timeSignature) for k, m in enumerate(measures)
+             if m.timeSignature is not None]
   else:
-    found = [(0.0, ts) for ts in stream_.getElementsByClass("TimeSignature")][:1]
-  for offset, ts in found:
+    found = [(0, 0.0, ts) for ts in stream_.getElementsByClass("TimeSignature")][:1]
+  for k, offset, ts in found:
     num, den = int(ts.numerator), int(ts.denominator)
     if out and (num * 4.0 / den < 1 or (num, den) == out[-1][1:]):
       continue
+    if out and k + 1 < len(measures):
+      length = float(measures[k + 1].offset) - offset
+      upbeat = _meter_of_length(length, den)
+      if 0 < length < num * 4.0 / den and upbeat is not None:
+        out.append((offset, *upbeat))
+        offset = float(measures[k + 1].offset)
     out.append((offset, num, den))
   return out
+
+
+def _meter_of_length(quarters: float, den: int) -> tuple[int, int] | None:
+  """A meter whose bar lasts `quarters`, on the denominator `den` or a finer one."""
+  for d in (den, 8, 16, 32, 64):
+    num = quarters * d / 4
+    if d >= den and abs(num - round(num)) < 1e-9 and 1 <= round(num) <= 255:
+      return int(round(num)), d
+  return None
 
 
 def _pickup_shift(part, bar_ql: float) -> float:

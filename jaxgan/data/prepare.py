@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
+import shutil
 import time
 from typing import Any
 
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import constants as tfds_constants
 from tensorflow_datasets.core.utils import tqdm_utils as tfds_tqdm
 
 from jaxgan.data import builders
@@ -20,6 +23,21 @@ log = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "JAXGAN_DATA_DIR"
 _tf_configured = False
+
+
+class DataWriteError(OSError):
+  """A data set could not be built where it was asked for: `path` says where, `reason` why.
+
+  Nothing half-built is left that a later `prepare` would take for a built data set, and a
+  data set built there before stays as it was.
+  """
+
+  def __init__(self, name: str, path: str, reason: str):
+    super().__init__(f"cannot build data set {name} in {path}: {reason}")
+    self.name, self.path, self.reason = name, path, reason
+
+  def __reduce__(self):
+    return (type(self), (self.name, self.path, self.reason))
 
 
 def default_data_dir() -> str:
@@ -66,7 +84,8 @@ def prepare(name: str, *, data_dir: str | None = None, manual_dir: str | None = 
   builder_kwargs: further builder options (num_workers; max_per_style for music21_styles).
   A stored build made with other options is rebuilt. Returns a dict: songs, bars and notes
   per split and in total, songs per style, skipped files (counts by reason and each file with
-  its reason), whether the build was reused, and the seconds taken.
+  its reason), files kept whole or split at meter changes (`segments`), whether the build
+  was reused, and the seconds taken. A stored entry is a song or one constant-meter segment.
   """
   start = time.time()
   data_dir = data_dir or default_data_dir()
@@ -97,15 +116,26 @@ def prepare(name: str, *, data_dir: str | None = None, manual_dir: str | None = 
     raise ValueError(f"{name} needs manual_dir: a folder of .mid/.midi files")
 
   if not reuse:
-    _tf()
+    tf = _tf()
     mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if _is_built(builder)
             else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
     # TFDS's own bars (per split, shuffling) would clutter ours, which counts files.
     bars = tfds_tqdm._active  # pylint: disable=protected-access
     tfds.display_progress_bar(False)
+    # TFDS builds in a temporary folder renamed into place at the end (and removed on an
+    # error); folders of a build killed midway are removed here too.
+    parent = os.path.dirname(os.fspath(builder.data_path))
+    before = _incomplete_dirs(parent)
     try:
       builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
           manual_dir=manual_dir, download_mode=mode))
+    except (OSError, RuntimeError, tf.errors.OpError) as e:
+      for path in _incomplete_dirs(parent) - before:
+        shutil.rmtree(path, ignore_errors=True)
+      cause = _system_error(e, tf.errors.OpError)
+      if cause is None:
+        raise  # not a system error: a missing MIDI folder says so itself
+      raise _write_error(name, data_dir, cause) from e
     finally:
       tfds.display_progress_bar(bars)
     builder = _builder(name, data_dir, **kwargs)  # reads the finished data set back
@@ -128,6 +158,7 @@ def prepare(name: str, *, data_dir: str | None = None, manual_dir: str | None = 
       "tokens": sum(s["tokens"] for s in splits.values()),
       "splits": splits,
       "styles": build["styles"],
+      "segments": build["segments"],
       "skipped": build["skipped"],
       "skipped_files": skipped_files,
       "load_counts": build["load_counts"],
@@ -137,19 +168,66 @@ def prepare(name: str, *, data_dir: str | None = None, manual_dir: str | None = 
   }
 
 
+def _incomplete_dirs(parent: str) -> set[str]:
+  try:
+    names = os.listdir(parent)
+  except OSError:
+    return set()
+  return {os.path.join(parent, n) for n in names if n.startswith(tfds_constants.INCOMPLETE_PREFIX)}
+
+
+def _system_error(e: BaseException, op_error: type) -> BaseException | None:
+  """The OSError with an errno (or TensorFlow file error) behind e; TFDS re-raises errors
+  as new ones with its own message and the original as their cause."""
+  seen = 0
+  while e is not None and seen < 20:
+    if (isinstance(e, OSError) and e.errno is not None) or isinstance(e, op_error):
+      return e
+    e, seen = e.__cause__ or e.__context__, seen + 1
+  return None
+
+
+def _write_error(name: str, data_dir: str, e: Exception) -> DataWriteError:
+  """A DataWriteError naming the file or folder that failed (or the data dir) and why."""
+  if isinstance(e, OSError):
+    path = e.filename or data_dir
+    reason = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+      reason += " (free some space or choose another --data-dir)"
+  else:  # tf.errors.OpError from TensorFlow's file writers: "PATH; REASON"
+    message = str(getattr(e, "message", e))
+    path, _, reason = message.rpartition("; ")
+    path = path if path.startswith(os.sep) else data_dir
+    if "No space left" in reason:
+      reason += " (free some space or choose another --data-dir)"
+  return DataWriteError(name, os.fspath(path), reason)
+
+
 def format_summary(summary: dict, max_files: int = 20) -> str:
   """The summary of `prepare` as text for the command line."""
   s = summary
   how = "reused" if s["reused"] else "built"
   lines = [f"{s['name']} {s['version']} at {s['path']} ({how} in {s['seconds']:.1f} s)"]
   per_split = ", ".join(f"{k} {v['songs']}" for k, v in s["splits"].items())
-  lines.append(f"  songs: {s['songs']} of {s['files']} files ({per_split})")
+  lines.append(f"  songs: {s['songs']} from {s['files']} files ({per_split})")
+  seg = s["segments"]
+  kept = seg["whole"] + seg["split"]
+  line = f"  files kept: {kept} ({seg['whole']} whole, {seg['split']} split at meter changes"
+  if seg["split"]:
+    line += f" into {seg['segments']} segments"
+  line += f"), skipped: {sum(s['skipped'].values())}"
+  if seg["dropped"]:
+    line += "; segments dropped: " + ", ".join(f"{k} {v}" for k, v in seg["dropped"].items())
+  if seg["pickups"]:
+    line += f"; pickups padded: {seg['pickups']}"
+  lines.append(line)
   lines.append(f"  bars: {s['bars']:,}  notes: {s['notes']:,}  tokens: {s['tokens']:,}")
   if len(s["styles"]) > 1:
     lines.append("  styles: " + ", ".join(f"{k} {v}" for k, v in s["styles"].items()))
   counts = dict(s["load_counts"])
   read, kept = counts.pop("notes", 0), counts.pop("notes_kept", 0)
-  changed = ", ".join(f"{k.replace('notes_', '')} {v:,}" for k, v in counts.items() if v)
+  changed = ", ".join(f"{k.replace('notes_', '')} {v:,}" for k, v in counts.items()
+                      if v and k.startswith("notes_"))
   lines.append(f"  notes read: {read:,}, kept: {kept:,}" + (f" ({changed})" if changed else ""))
   if s.get("standard"):
     lines.extend(_standard_lines(s["standard"]))

@@ -5,9 +5,11 @@ from jaxgan.midi.io import (
   COUNT_KEYS,
   MidiConfig,
   MidiError,
+  Segment,
   load_midi,
   load_song,
   quantize,
+  quantize_segments,
   song_to_midi,
   write_midi,
 )
@@ -15,8 +17,8 @@ from jaxgan.midi.pianoroll import HELD, ONSET, from_pianoroll, pianoroll_to_midi
 from jaxgan.midi.song import NOTE_FIELDS, Song, Track, normalize_notes
 
 __all__ = [
-  "COUNT_KEYS", "HELD", "NOTE_FIELDS", "ONSET", "MidiConfig", "MidiError", "Song", "Track",
-  "Vocabulary", "decode", "decode_midi", "encode", "from_pianoroll", "load_midi", "load_song",
-  "normalize_notes", "pianoroll_to_midi", "quantize", "song_to_midi", "to_pianoroll",
-  "write_midi",
+  "COUNT_KEYS", "HELD", "NOTE_FIELDS", "ONSET", "MidiConfig", "MidiError", "Segment", "Song",
+  "Track", "Vocabulary", "decode", "decode_midi", "encode", "from_pianoroll", "load_midi",
+  "load_song", "normalize_notes", "pianoroll_to_midi", "quantize", "quantize_segments",
+  "song_to_midi", "to_pianoroll", "write_midi",
 ]

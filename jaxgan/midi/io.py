@@ -8,14 +8,18 @@ the result is cleaned up:
 * notes are sorted by (start, pitch, end) within each instrument;
 * the tempo map is merged over all tracks, sorted, one tempo per tick (the last one written
   wins), consecutive repeats dropped, and it starts at tick 0 (120 qpm unless the file says);
-* time signatures are merged over all tracks (music21 repeats them in every track), sorted
-  and deduplicated the same way;
+* time signatures are merged over all tracks (music21 repeats them in every track), sorted,
+  one per tick, and a restatement of the meter on one of its bar lines dropped (one off the
+  grid stays: it starts a bar, so the bar before it was short);
 * programs are plain ints (miditoolkit hands out np.int8, which json cannot encode);
 * a note-on that never gets its note-off is closed at the end of its track instead of
   vanishing silently, and counted in `midi.load_counts["notes_unterminated"]`;
 * an instrument is one (track, channel, program at note-on) in the order of its first note.
 
-`quantize` turns that into a `Song` on a grid of `steps_per_beat`.
+`quantize_segments` turns that into Songs on a grid of `steps_per_beat`, one per
+constant-meter part of the file (a song whose meter changes is split at the changes; a pickup
+bar is padded to a full bar rather than moving every bar line); `quantize` is the same for a
+file in one meter.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import dataclasses
 import math
 import os
 import stat
+from fractions import Fraction
 from typing import Any, BinaryIO
 
 import miditoolkit
@@ -48,7 +53,12 @@ COUNT_KEYS = (
   "notes_merged",        # notes merged into another with the same track, pitch and onset
   "notes_truncated",     # notes cut at the next onset of their track and pitch
   "notes_kept",          # notes in the song
-  "steps_shifted",       # leading silent steps dropped to put bar lines where the meter says
+  "notes_cut_at_meter_change",  # notes held into the next constant-meter segment, cut there
+  "notes_other_meter",   # notes of segments dropped for their meter (not allowed, off the grid)
+  "pickups",             # pickup bars padded at the front to a full bar
+  # How far the bar grid moved the first segment's notes back: leading silence off the grid
+  # dropped (> 0) or a pickup padded to a full bar (< 0).
+  "steps_shifted",
 )
 
 
@@ -475,7 +485,7 @@ class _Parser:
       tempos.insert(0, (0, 0, DEFAULT_QPM))
     midi.tempo_changes = [
       miditoolkit.TempoChange(qpm, tick) for tick, _, qpm in _drop_repeats(tempos, lambda t: t[2])]
-    meters = _drop_repeats(_last_per_tick(sorted(self.meters)), lambda m: m[2:])
+    meters = _drop_restatements(_last_per_tick(sorted(self.meters)), ticks_per_beat)
     midi.time_signature_changes = [miditoolkit.TimeSignature(n, d, t) for t, _, n, d in meters]
     keys = _drop_repeats(_last_per_tick(sorted(self.keys)), lambda k: k[2])
     midi.key_signature_changes = [miditoolkit.KeySignature(k, t) for t, _, k in keys]
@@ -502,6 +512,18 @@ def _drop_repeats(events: list[tuple], value) -> list[tuple]:
   for event in events:
     if not out or value(out[-1]) != value(event):
       out.append(event)
+  return out
+
+
+def _drop_restatements(events: list[tuple], tpb: int) -> list[tuple]:
+  """Of (tick, order, num, den) sorted by tick, those that change the meter or its bar lines."""
+  out: list[tuple] = []
+  for event in events:
+    if out and event[2:] == out[-1][2:]:
+      num, den = event[2:]
+      if ((event[0] - out[-1][0]) * den) % (tpb * 4 * num) == 0:
+        continue  # on a bar line of the same meter: changes nothing
+    out.append(event)
   return out
 
 
@@ -547,29 +569,75 @@ def load_midi(
 # Quantizing
 
 
-def _song_meter(
-  midi: miditoolkit.MidiFile, first_tick: int, end_tick: int, path: str
-) -> tuple[tuple[int, int], int]:
-  """The single meter of the notes between first_tick and end_tick, and the tick its bars
-  count from; MidiError if the meter changes.
+@dataclasses.dataclass(frozen=True)
+class _Span:
+  """Where the notes of one constant-meter part of a file start, and its bar lines."""
 
-  The last signature written at or before the first note rules (what came before it holds no
-  notes); signatures restating it, or written once the last note has ended, don't matter.
+  start: int                # first tick of its notes (a pickup's start, before `anchor`)
+  anchor: int               # tick of a bar line: the signature that begins the meter
+  meter: tuple[int, int]
+  pickup: bool
+
+
+def _bar_ticks(meter: tuple[int, int], tpb: int) -> Fraction:
+  return Fraction(tpb * 4 * meter[0], meter[1])
+
+
+def _meter_spans(
+  midi: miditoolkit.MidiFile, first_tick: int, last_onset: int, end_tick: int, path: str,
+  max_bars: int,
+) -> list[_Span]:
+  """The constant-meter parts of the notes from first_tick, with pickups merged in.
+
+  A time signature begins a bar of its meter (the MIDI convention), and these rules hold:
+  * the last signature at or before the first note rules the start (what came before holds
+    no notes); restatements of the current meter on its bar lines and signatures after the
+    last onset are ignored (a held final chord does not make a change); a restatement off
+    the grid starts a new part (its bar lines moved);
+  * without a signature at or before the first note, the file is in 4/4 from tick 0 (the
+    standard's default) until its first signature;
+  * pickup: a part of at most one bar of its own meter that is shorter than a bar of the next
+    meter (a 1/4 bar before 4/4, or 480 ticks before the first signature) is the upbeat of
+    the next part: it joins it, padded at the front so that it ends on its first bar line;
+  * a last part of at most one bar, in a meter with shorter bars than the one before (a 1/4
+    bar closing a 2/4 song), is that part's last bar.
   """
   events = sorted((int(ts.time), k, int(ts.numerator), int(ts.denominator))
                   for k, ts in enumerate(midi.time_signature_changes))
+  tpb = int(midi.ticks_per_beat)
+  for _, _, num, den in events:
+    if num < 1 or den not in DENOMINATORS:
+      raise MidiError(path, f"invalid time signature {meter_name((num, den))}")
   events = _last_per_tick(events)
-  meter, anchor = (4, 4), 0
+  if not events or events[0][0] > first_tick:
+    events.insert(0, (0, -1, 4, 4))  # nothing rules the first note: the standard's default
+  events = _drop_restatements(events, tpb)
+  ruling = [e for e in events if e[0] <= first_tick][-1]
+  parts = [(ruling[0], (ruling[2], ruling[3]))]
   for tick, _, num, den in events:
-    if tick > first_tick:
-      break
-    if (num, den) != meter:
-      meter, anchor = (num, den), tick
-  for tick, _, num, den in events:
-    if first_tick < tick < end_tick and (num, den) != meter:
-      raise MidiError(
-        path, f"meter changes from {meter_name(meter)} to {meter_name((num, den))} at tick {tick}")
-  return meter, anchor
+    if tick <= first_tick or tick > last_onset:
+      continue
+    parts.append((tick, (num, den)))
+    # Every part begins a bar: more parts than max_bars is a song too long.
+    if len(parts) > max_bars + 1:
+      raise MidiError(path, f"song is longer than max_bars ({max_bars} bars)")
+  spans: list[_Span] = []
+  pickup_start = None
+  for i, (tick, meter) in enumerate(parts):
+    last = i == len(parts) - 1
+    length = (end_tick if last else parts[i + 1][0]) - tick
+    bar = _bar_ticks(meter, tpb)
+    if (not last and pickup_start is None and length <= bar
+        and length < _bar_ticks(parts[i + 1][1], tpb)):
+      pickup_start = tick
+      continue
+    if (last and spans and pickup_start is None and length <= bar
+        and bar < _bar_ticks(spans[-1].meter, tpb)):
+      break  # a short closing bar: the notes stay with the part before
+    spans.append(_Span(tick if pickup_start is None else pickup_start, tick, meter,
+                       pickup_start is not None))
+    pickup_start = None
+  return spans
 
 
 def _fold(pitch: np.ndarray, low: int, high: int) -> np.ndarray:
@@ -579,13 +647,42 @@ def _fold(pitch: np.ndarray, low: int, high: int) -> np.ndarray:
   return pitch + 12 * up - 12 * down
 
 
-def quantize(
+@dataclasses.dataclass(frozen=True)
+class Segment:
+  """A constant-meter part of a song.
+
+  song: the part as a Song (its bar 0 starts at its own first bar line), or None when it is
+    dropped, with `reason` saying why (a meter the config does not accept, no notes left).
+  bar_offset: the bar of the parent its bar 0 is, counting bars from 0 along the file's
+    meter map (a partial bar counts as one, a pickup's bar is the bar it sounds in).
+  pickup: whether bar 0 is a pickup padded at the front to a full bar.
+  tick: the tick of the signature that begins its meter (its first full bar line).
+  """
+
+  song: Song | None
+  bar_offset: int
+  pickup: bool
+  tick: int
+  time_signature: tuple[int, int]
+  reason: str = ""
+
+
+def _round_steps(ticks, spb: int, tpb: int):
+  """Ticks to the nearest grid step, halves up (ints or int64 arrays)."""
+  return (2 * ticks * spb + tpb) // (2 * tpb)
+
+
+def quantize_segments(
   midi: miditoolkit.MidiFile, config: MidiConfig, *, source: str = ""
-) -> tuple[Song, dict[str, int]]:
-  """Puts the notes of a MIDI file on the grid and onto the config's tracks.
+) -> tuple[list[Segment], dict[str, int]]:
+  """Puts the notes of a MIDI file on the grid and onto the config's tracks, one Song per
+  constant-meter part (see `_meter_spans` for the rules on changes and pickups).
 
   Onsets and ends are rounded to the nearest step (halves up); a duration is at least one
-  step and at most max_duration_beats. Returns the song and counts (see COUNT_KEYS).
+  step and at most max_duration_beats; a note belongs to the part it starts in and is cut
+  where the next part begins. Parts in meters the config does not accept are returned
+  dropped. Returns the segments in order and counts (see COUNT_KEYS); MidiError when the file
+  gives no song at all.
   """
   path = source or "<midi>"
   counts = dict.fromkeys(COUNT_KEYS, 0)
@@ -606,25 +703,16 @@ def quantize(
     [(int(inst.program), bool(inst.is_drum)) for inst in instruments],
     config.track_mode, config.track_names)
 
-  starts = [int(n.start) for inst in instruments for n in inst.notes]
-  ends = [int(n.end) for inst in instruments for n in inst.notes]
-  first_tick, last_tick = min(starts), max(max(ends), max(starts) + 1)
+  starts = np.array([int(n.start) for inst in instruments for n in inst.notes], np.int64)
+  ends = np.array([int(n.end) for inst in instruments for n in inst.notes], np.int64)
+  first_tick, last_onset = int(starts.min()), int(starts.max())
+  end_tick = max(int(ends.max()), last_onset + 1)
   if first_tick < 0:
     raise MidiError(path, "negative note time")
-  meter, anchor = _song_meter(midi, first_tick, last_tick, path)
-  num, den = meter
-  if den not in DENOMINATORS:
-    raise MidiError(path, f"invalid time signature {meter_name(meter)}")
-  if config.meters and meter not in config.meters:
-    allowed = ", ".join(meter_name(m) for m in config.meters)
-    raise MidiError(path, f"meter {meter_name(meter)} not in allowed meters ({allowed})")
-  steps_per_bar = meter_steps(meter, config.steps_per_beat)
-  if steps_per_bar is None:
-    raise MidiError(
-      path, f"meter {meter_name(meter)} is not a whole number of steps per bar at"
-      f" steps_per_beat {config.steps_per_beat}")
+  spans = _meter_spans(midi, first_tick, last_onset, end_tick, path, config.max_bars)
   # Before any array: hand-built files may hold absurd ticks.
-  if last_tick * den > (config.max_bars + 1) * tpb * 4 * num:
+  bars_in_file = _bars_before(end_tick, tpb, [(s.anchor, *s.meter) for s in spans])
+  if bars_in_file > config.max_bars + len(spans):
     raise MidiError(path, f"song is longer than max_bars ({config.max_bars} bars)")
 
   spb = config.steps_per_beat
@@ -632,13 +720,6 @@ def quantize(
                     for t, inst in zip(index, instruments) for _ in inst.notes], np.int64)
   pitch = np.array([int(n.pitch) for inst in instruments for n in inst.notes], np.int64)
   velocity = np.array([int(n.velocity) for inst in instruments for n in inst.notes], np.int64)
-  # Bars count from the signature; leading silence off that grid goes (whole bars stay).
-  shift = ((2 * anchor * spb + tpb) // (2 * tpb)) % steps_per_bar
-  counts["steps_shifted"] = shift
-  onset = (2 * np.array(starts, np.int64) * spb + tpb) // (2 * tpb) - shift
-  end = (2 * np.array(ends, np.int64) * spb + tpb) // (2 * tpb) - shift
-  duration = np.maximum(end - onset, 1)
-
   keep = track >= 0
   counts["notes_unmapped"] = int((~keep).sum())
   low, high = config.lowest_pitch, config.lowest_pitch + config.num_pitches
@@ -651,26 +732,114 @@ def quantize(
     outside = ~fits
   counts["notes_out_of_range"] = int((keep & outside).sum())
   keep &= ~outside
-  max_steps = config.max_duration_beats * spb
-  counts["notes_clipped"] = int((keep & (duration > max_steps)).sum())
-  duration = np.minimum(duration, max_steps)
-  velocity = np.clip(velocity, 1, 127)
-
-  notes = np.stack([track, pitch, onset, duration, velocity], axis=1)[keep]
-  if len(notes) == 0:
+  if not keep.any():
     raise MidiError(
       path, f"no notes left ({counts['notes_out_of_range']} out of pitch range,"
       f" {counts['notes_unmapped']} of dropped instruments)")
-  notes, merged = normalize_notes(notes)
-  counts.update(merged)
-  counts["notes_kept"] = int(len(notes))
-  num_bars = max(1, -(-int((notes[:, ONSET] + notes[:, DURATION]).max()) // steps_per_bar))
-  if num_bars > config.max_bars:
-    raise MidiError(path, f"song is longer than max_bars ({config.max_bars} bars)")
-  tempos = _bar_tempos(midi, tpb, spb, steps_per_bar, num_bars, shift)
-  song = Song(notes=notes, num_bars=num_bars, steps_per_beat=spb, time_signature=meter,
-              tempos=tempos, tracks=tuple(out_tracks), source=str(source))
-  return song, counts
+  onset = _round_steps(starts, spb, tpb)
+  end = _round_steps(ends, spb, tpb)
+  velocity = np.clip(velocity, 1, 127)
+  max_steps = config.max_duration_beats * spb
+  # Notes belong to the part they start in; the first part takes any note before it.
+  bounds = np.array([_round_steps(s.start, spb, tpb) for s in spans[1:]], np.int64)
+  part_of = np.searchsorted(bounds, onset, side="right")
+  # The notes of part k are by_part[edges[k]:edges[k + 1]] (one sort, not a mask per part).
+  by_part = np.argsort(part_of, kind="stable")
+  edges = np.searchsorted(part_of[by_part], np.arange(len(spans) + 1))
+
+  segments: list[Segment] = []
+  origin_tick = Fraction(0)  # where the previous segment's bar 0 begins, in ticks
+  bar_offset = 0
+  for k, span in enumerate(spans):
+    bar = _bar_ticks(span.meter, tpb)
+    # Bar 0 is the bar line at or before the first note, or the first one at or after tick 0
+    # when the song opens with silence (whole silent bars stay, silence off the grid goes).
+    if k == 0:
+      origin = span.anchor - bar * math.floor(span.anchor / bar)
+      first = min(first_tick, span.start)
+      if first < origin:
+        origin -= bar * math.ceil((origin - first) / bar)
+    else:
+      origin = span.anchor - bar * math.ceil(max(0, span.anchor - span.start) / bar)
+      prev_bar = _bar_ticks(spans[k - 1].meter, tpb)
+      bar_offset += math.ceil((span.start - origin_tick) / prev_bar)
+    origin_tick = origin
+    counts["pickups"] += int(span.pickup)
+    mine = by_part[edges[k]:edges[k + 1]]
+    drop = _segment_error(span.meter, config)
+    if drop:
+      counts["notes_other_meter"] += int(keep[mine].sum())
+      segments.append(Segment(None, bar_offset, span.pickup, span.anchor, span.meter, drop))
+      continue
+    steps_per_bar = meter_steps(span.meter, spb)
+    anchor_step = _round_steps(span.anchor, spb, tpb)
+    shift = anchor_step - steps_per_bar * ((span.anchor - origin) / bar)
+    shift = int(shift)
+    if k == 0:
+      counts["steps_shifted"] = shift
+    seg_onset = onset[mine] - shift
+    seg_end = end[mine] - shift
+    if k + 1 < len(spans):
+      limit = int(bounds[k]) - shift
+      cut = seg_end > limit
+      counts["notes_cut_at_meter_change"] += int((cut & keep[mine]).sum())
+      seg_end = np.minimum(seg_end, limit)
+    duration = np.maximum(seg_end - seg_onset, 1)
+    sel = keep[mine]
+    counts["notes_clipped"] += int((sel & (duration > max_steps)).sum())
+    duration = np.minimum(duration, max_steps)
+    notes = np.stack([track[mine], pitch[mine], seg_onset, duration, velocity[mine]],
+                     axis=1)[sel]
+    if len(notes) == 0:
+      segments.append(Segment(None, bar_offset, span.pickup, span.anchor, span.meter,
+                              "no notes left"))
+      continue
+    notes, merged = normalize_notes(notes)
+    for key, value in merged.items():
+      counts[key] += value
+    counts["notes_kept"] += int(len(notes))
+    num_bars = max(1, -(-int((notes[:, ONSET] + notes[:, DURATION]).max()) // steps_per_bar))
+    if num_bars > config.max_bars:
+      raise MidiError(path, f"song is longer than max_bars ({config.max_bars} bars)")
+    tempos = _bar_tempos(midi, tpb, spb, steps_per_bar, num_bars, shift)
+    song = Song(notes=notes, num_bars=num_bars, steps_per_beat=spb, time_signature=span.meter,
+                tempos=tempos, tracks=tuple(out_tracks), source=str(source))
+    segments.append(Segment(song, bar_offset, span.pickup, span.anchor, span.meter))
+  if not any(s.song is not None for s in segments):
+    if len(segments) == 1:
+      raise MidiError(path, segments[0].reason)
+    why = "; ".join(f"bar {s.bar_offset}: {s.reason}" for s in segments)
+    raise MidiError(path, f"no segment left ({why})")
+  return segments, counts
+
+
+def _segment_error(meter: tuple[int, int], config: MidiConfig) -> str:
+  """Why a part in this meter cannot be kept ("" if it can)."""
+  if config.meters and meter not in config.meters:
+    allowed = ", ".join(meter_name(m) for m in config.meters)
+    return f"meter {meter_name(meter)} not in allowed meters ({allowed})"
+  if meter_steps(meter, config.steps_per_beat) is None:
+    return (f"meter {meter_name(meter)} is not a whole number of steps per bar at"
+            f" steps_per_beat {config.steps_per_beat}")
+  return ""
+
+
+def quantize(
+  midi: miditoolkit.MidiFile, config: MidiConfig, *, source: str = ""
+) -> tuple[Song, dict[str, int]]:
+  """A MIDI file in one meter (a pickup may open it) as one Song: `quantize_segments` with a
+  MidiError where the meter changes.
+
+  `counts["steps_shifted"]` is how far the bar grid moved the notes back: leading silence
+  off the grid dropped (> 0) or a pickup padded to a full bar (< 0).
+  """
+  segments, counts = quantize_segments(midi, config, source=source)
+  if len(segments) > 1:
+    a, b = (meter_name(s.time_signature) for s in segments[:2])
+    tick = segments[1].tick
+    raise MidiError(source or "<midi>", f"meter changes from {a} to {b} at tick {tick}" if a != b
+                    else f"bar lines of {a} move at tick {tick} (a short bar before it)")
+  return segments[0].song, counts
 
 
 def _bar_tempos(
