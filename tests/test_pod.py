@@ -6,6 +6,7 @@ for real: create -> setup -> launch -> preemption -> the babysitter recreates, s
 relaunches -> the run resumes from its checkpoint on shared storage -> finish -> delete.
 """
 
+import ast
 import importlib.util
 import json
 import os
@@ -20,6 +21,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAKES = os.path.join(ROOT, "tests", "fakes")
 POD = os.path.join(ROOT, "tpu", "pod.sh")
+README = os.path.join(ROOT, "tpu", "README.md")
 WORKER = os.path.join(ROOT, "tpu", "worker.sh")
 NAME = "jaxgan-test"
 # Where the workers find jaxgan's dependencies: this interpreter's environment (no pip here).
@@ -123,7 +125,11 @@ def test_lifecycle_preemption_babysit_resume(cloud, tmp_path):
   assert "ready: 1 node(s), 1 worker(s)" in out
   assert cloud.calls("compute", "tpus", "tpu-vm", "create")[0][4:8] == [NAME,
       "--accelerator-type=v4-8", "--version=tpu-ubuntu2204-base", "--spot"]
-  ok(cloud.pod(f"setup {SETUP}"))
+  data = shared / "tfds"
+  out = ok(cloud.pod(f"setup {SETUP} --prepare 'jsb_chorales --data-dir {data} --max-songs 4 "
+                     "--quiet'", timeout=300))
+  assert "worker 0: jaxgan prepare jsb_chorales" in out and "(built in" in out
+  assert os.path.isdir(data / "jsb_chorales")
   # The code runs from the uploaded copy, through the wrapper setup put on PATH.
   home = cloud.home(NAME, 0)
   assert os.path.isfile(os.path.join(home, "jaxgan", "src", "jaxgan", "train.py"))
@@ -136,9 +142,11 @@ def test_lifecycle_preemption_babysit_resume(cloud, tmp_path):
   assert not _alive(pid)
   assert "PREEMPTED" in ok(cloud.pod("status"))
 
-  out = ok(cloud.pod(f"babysit --accelerator-type v4-8 --spot {SETUP} --poll 0.5 "
-                     f"--max-restarts 3 -- {train}", timeout=400))
+  out = ok(cloud.pod(f"babysit --accelerator-type v4-8 --spot {SETUP} --prepare 'jsb_chorales "
+                     f"--data-dir {data} --max-songs 4 --quiet' --poll 0.5 --max-restarts 3 "
+                     f"-- {train}", timeout=400))
   assert "PREEMPTED: creating it again (restart 1 of 3)" in out, out
+  assert "worker 0: jaxgan prepare" in out and "(built in" not in out   # prepared once
   assert "the run finished: exit 0 on every worker" in out
   assert len(cloud.calls("compute", "tpus", "tpu-vm", "create")) == 2
   assert len(cloud.calls("compute", "tpus", "tpu-vm", "delete")) == 1
@@ -332,3 +340,65 @@ def test_upload_leaves_out_environments_data_runs_and_caches(tmp_path):
   import tarfile  # pylint: disable=import-outside-toplevel
   with tarfile.open(tmp_path / "out.tgz") as tar:
     assert "configs/weights.bin" in tar.getnames() and "runs" not in tar.getnames()
+
+
+def _readme_commands(program: str) -> list[list[str]]:
+  """The `program ...` lines of the README's bash blocks, split like a shell would."""
+  with open(README) as f:
+    blocks = re.findall(r"```bash\n(.*?)```", f.read(), re.S)
+  lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+  return [shlex.split(line) for line in lines if line.startswith(program + " ")]
+
+
+def _tested_pod_commands() -> list[list[str]]:
+  """The arguments of every `cloud.pod(...)` call in this file; f-string holes become 0,
+  or the value of the module constant they name."""
+  with open(__file__) as f:
+    tree = ast.parse(f.read())
+  commands = []
+  for node in ast.walk(tree):
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "pod" and node.args):
+      continue
+    arg = node.args[0]
+    parts = arg.values if isinstance(arg, ast.JoinedStr) else [arg]
+    text = ""
+    for part in parts:
+      if isinstance(part, ast.Constant):
+        text += part.value
+      else:
+        name = getattr(part.value, "id", None)
+        text += globals()[name] if isinstance(globals().get(name), str) else "0"
+    commands.append(shlex.split(text))
+  return commands
+
+
+def _options(args: list[str]) -> tuple[str, set[str]]:
+  ours, _ = pod_lib.split_command(args)
+  try:
+    pod_lib.build_parser().parse_args(ours)
+  except SystemExit as e:
+    raise AssertionError(f"tpu/pod.sh {shlex.join(args)} does not parse") from e
+  return ours[0], {a.split("=")[0] for a in ours[1:] if a.startswith("-")}
+
+
+def test_every_readme_command_is_exercised():
+  tested: dict[str, set[str]] = {}
+  for args in _tested_pod_commands():
+    action, options = _options(args)
+    tested.setdefault(action, set()).update(options)
+  readme = _readme_commands("tpu/pod.sh")
+  assert len(readme) >= 10
+  for args in readme:
+    ours, command = pod_lib.split_command(args[1:])
+    action, options = _options(ours + (["--", *command] if command else []))
+    assert action in tested, f"README: `tpu/pod.sh {action}` is never run by a test"
+    assert options <= tested[action], (
+        f"README: tpu/pod.sh {action} {sorted(options - tested[action])} never run by a test")
+  # The SLURM and scheduler-less launchers are run by tests/test_slurm.py.
+  with open(os.path.join(ROOT, "tests", "test_slurm.py")) as f:
+    slurm_tests = f.read()
+  for program, script in (("sbatch", "slurm.sbatch"), ("tpu/multigpu.sh", "multigpu.sh")):
+    lines = _readme_commands(program)
+    assert lines and f'"tpu", "{script}"' in slurm_tests
+    assert all(any(a.endswith(script) for a in line) for line in lines)
