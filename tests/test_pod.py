@@ -92,7 +92,8 @@ def cloud(tmp_path):
 
 
 def ok(proc: subprocess.CompletedProcess) -> str:
-  assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+  assert proc.returncode == 0, (f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n"
+                                f"{proc.stderr[-3000:]}")
   return proc.stdout
 
 
@@ -239,6 +240,21 @@ def test_babysit_gives_up_on_a_command_that_keeps_failing(cloud):
   assert out.count("the command exited 3 on worker 0") == 2
   assert "no such config" in out          # the worker's log, shown where the babysitter runs
   assert "giving up (--max-failures 1)" in out
+  assert len(cloud.calls("compute", "tpus", "tpu-vm", "create")) == 1
+
+
+def test_babysit_rides_out_gcloud_errors_and_relaunches_a_killed_run(cloud):
+  cloud.fake("fail", "3")
+  # Killed with its wrapper the first time (as by the OOM killer): no exit status at all.
+  once = ("if [ ! -e ~/once ]; then touch ~/once; "
+          "kill -9 -- -$(cut -d' ' -f1 ~/jaxgan/run/pid); fi; sleep 1")
+  proc = cloud.pod(f"babysit --accelerator-type v4-8 {SETUP} --poll 0.2 -- \"{once}\"",
+                   timeout=120)
+  out = proc.stdout
+  assert proc.returncode == 0, out + proc.stderr
+  assert "UNAVAILABLE" in out and "(3 errors in a row)" in out
+  assert "the run was interrupted (dead) on a live slice: relaunching (restart 1 of 20)" in out
+  assert "the run finished" in out
   assert len(cloud.calls("compute", "tpus", "tpu-vm", "create")) == 1
 
 

@@ -257,8 +257,8 @@ class Pod:
         expected += 1
     listing = self.gcloud.json(["tpu-vm", "list"]) or []
     owner = f"/queuedResources/{self.name}"
-    found = [js for js in listing
-             if js["name"].rsplit("/", 1)[-1] in names or js.get("queuedResource", "").endswith(owner)]
+    found = [js for js in listing if js["name"].rsplit("/", 1)[-1] in names
+             or js.get("queuedResource", "").endswith(owner)]
     found.sort(key=lambda js: [int(t) if t.isdigit() else t
                                for t in re.split(r"(\d+)", js["name"].rsplit("/", 1)[-1])])
     if len(found) < expected:
@@ -523,127 +523,159 @@ def worker_tail(pod: Pod, worker: int, lines: int = 20) -> None:
   print("---", flush=True)
 
 
-def babysit(pod: Pod, create: CreateSpec, setup: SetupSpec, command: str, *,
-            max_restarts: int, max_failures: int, poll: float,
-            delete_when_done: bool = False) -> int:
+class Babysitter:
   """Keeps `command` running on the slice until it exits 0 on every worker.
 
-  A lost slice (preempted, deleted, a suspended queued resource) is created again, set up and
-  the command relaunched: `jaxgan train` resumes from the last checkpoint in its workdir, which
-  must be on storage that outlives the VMs (gs://). A run interrupted on a live slice is
-  relaunched too; both count against `max_restarts`. A command that exits non-zero is
-  relaunched up to `max_failures` times (a bug fails every time). Returns the exit status.
+  Each check looks at the slice, then at the run on its workers, and does one thing:
+  - no slice, or a lost one (preempted, deleted, a suspended or failed queued resource):
+    create it again, set it up and relaunch. `jaxgan train` resumes from the last checkpoint
+    in its workdir, which must be on storage that outlives the VMs (gs://);
+  - a run interrupted on a live slice (stopped by a signal, killed): relaunch. Both count
+    against `max_restarts`;
+  - the command exited non-zero: show that worker's log and relaunch, up to `max_failures`
+    times (a bug fails every time);
+  - exit 0 on every worker, seen twice in a row (a clean exit may race a preemption): done.
+  A run of the same command already going when it starts is watched, not restarted.
   """
-  want = command_hash(command)
-  restarts = failures = silent = 0
-  created = launched = finishing = False
-  said = shown = None
 
-  def say(message: str) -> None:
-    log(f"babysit {pod.name}: {message}")
+  def __init__(self, pod: Pod, create: CreateSpec, setup: SetupSpec, command: str, *,
+               max_restarts: int, max_failures: int, poll: float,
+               delete_when_done: bool = False):
+    self.pod, self.setup, self.command = pod, setup, command
+    self.create = dataclasses.replace(create)
+    self.max_restarts, self.max_failures = max_restarts, max_failures
+    self.poll, self.delete_when_done = poll, delete_when_done
+    self.want = command_hash(command)
+    self.restarts = self.failures = self.silent = 0
+    self.created = self.launched = self.finishing = False
+    self.said: str | None = None
+    self.shown: str | None = None
 
-  while True:
-    state = pod.describe()
-    if state.status in ("MISSING", "LOST"):
-      if created or launched or state.status == "LOST":
-        if restarts >= max_restarts:
-          say(f"{state.detail}; giving up after {restarts} restarts (--max-restarts "
-              f"{max_restarts})")
-          return 1
-        restarts += 1
-        say(f"{state.detail}: creating it again (restart {restarts} of {max_restarts})")
-      else:
-        say("no such slice yet: creating it")
+  def say(self, message: str) -> None:
+    log(f"babysit {self.pod.name}: {message}")
+
+  def run(self) -> int:
+    """Checks every `poll` seconds until done; returns the exit status (0 done, 1 gave up)."""
+    errors = 0
+    while True:
       try:
-        if state.status == "LOST":
-          pod.delete()
-        created, launched, finishing = True, False, False
-        pod.create(create)
-      except PodError as e:
-        say(f"could not create it: {e}")
-        time.sleep(poll)
-      continue
+        code = self.check()
+        errors = 0
+      except PodError as e:   # gcloud or the network failing: try again, a few times
+        errors += 1
+        self.say(f"{e} ({errors} errors in a row)")
+        if errors >= 10:
+          self.say("giving up")
+          return 1
+        code = None
+      if code is not None:
+        return code
+      time.sleep(self.poll)
+
+  def check(self) -> int | None:
+    state = self.pod.describe()
+    if state.queued and not self.create.queued:
+      self.create.queued = True   # made as a queued resource: made again as one
+    if state.status in ("MISSING", "LOST"):
+      return self.recreate(state)
     if state.status == "PENDING":
-      if state.detail != said:
-        say(f"{state.detail}: waiting")
-        said = state.detail
-      time.sleep(poll)
-      continue
-    said = None
+      if state.detail != self.said:
+        self.say(f"{state.detail}: waiting")
+        self.said = state.detail
+      return None
+    self.said = None
 
-    runs = pod.runs()
+    runs = self.pod.runs()
     if len(runs) < state.workers:
-      silent += 1
-      say(f"{state.workers - len(runs)} of {state.workers} workers did not answer ({silent} "
-          "polls in a row)")
-      if silent >= 5 and launched:
-        say("treating the slice as lost")
-        pod.delete()
-      time.sleep(poll)
-      continue
-    silent = 0
-
-    if not launched:
-      active = [r for r in runs if r.state == "running"]
-      if active and all(r.cmd == want for r in active):
-        say(f"the run is already going on {len(active)} workers: watching it")
-        launched = True
-      elif active:
-        say(f"a different command is running on {pod.name} ({active[0].host}); stop it "
-            "(tpu/pod.sh stop) or babysit that command")
-        return 1
-      else:
-        try:
-          pod.setup(setup)
-          pod.launch(command)
-          launched = True
-        except PodError as e:
-          failures += 1
-          say(f"set-up or launch failed ({failures} of {max_failures + 1} tries): {e}")
-          if failures > max_failures:
-            return 1
-      time.sleep(poll)
-      continue
+      self.silent += 1
+      self.say(f"{state.workers - len(runs)} of {state.workers} workers did not answer "
+               f"({self.silent} checks in a row)")
+      if self.silent >= 5 and self.launched:
+        self.say("taking the slice for lost")
+        self.pod.delete()
+      return None
+    self.silent = 0
+    if not self.launched:
+      return self.start(runs)
 
     verdict = judge(runs)
+    if verdict != "done":
+      self.finishing = False
     if verdict == "done":
-      if finishing:   # two polls in a row: not a clean exit racing a preemption
-        say("the run finished: exit 0 on every worker")
-        worker_tail(pod, 0)
-        if delete_when_done:
-          pod.delete()
-        return 0
-      finishing = True
-    elif verdict == "failed":
-      finishing = False
+      if not self.finishing:
+        self.finishing = True
+        return None
+      self.say("the run finished: exit 0 on every worker")
+      worker_tail(self.pod, 0)
+      if self.delete_when_done:
+        self.pod.delete()
+      return 0
+    if verdict == "failed":
       bad = next(r for r in runs if r.state == "exited" and r.code != "0")
-      failures += 1
-      say(f"the command exited {bad.code} on worker {bad.worker} ({bad.host}; {failures} of "
-          f"{max_failures + 1} tries)")
-      worker_tail(pod, max(bad.worker, 0))
-      pod.stop()
-      if failures > max_failures:
-        say(f"giving up (--max-failures {max_failures})")
+      self.failures += 1
+      self.say(f"the command exited {bad.code} on worker {bad.worker} ({bad.host}; "
+               f"{self.failures} of {self.max_failures + 1} tries)")
+      worker_tail(self.pod, max(bad.worker, 0))
+      self.pod.stop()
+      if self.failures > self.max_failures:
+        self.say(f"giving up (--max-failures {self.max_failures})")
         return 1
-      pod.launch(command)
+      self.pod.launch(self.command)
     elif verdict == "interrupted":
-      finishing = False
-      how = ", ".join(sorted({f"{r.state}" for r in runs if r.state != "running"}))
-      if restarts >= max_restarts:
-        say(f"the run was interrupted ({how}); giving up after {restarts} restarts "
-            f"(--max-restarts {max_restarts})")
+      how = ", ".join(sorted({r.state for r in runs if r.state != "running"}))
+      if self.restarts >= self.max_restarts:
+        self.say(f"the run was interrupted ({how}); giving up after {self.restarts} restarts "
+                 f"(--max-restarts {self.max_restarts})")
         return 1
-      restarts += 1
-      say(f"the run was interrupted ({how}) on a live slice: relaunching (restart {restarts} "
-          f"of {max_restarts})")
-      pod.stop()
-      pod.launch(command)
+      self.restarts += 1
+      self.say(f"the run was interrupted ({how}) on a live slice: relaunching (restart "
+               f"{self.restarts} of {self.max_restarts})")
+      self.pod.stop()
+      self.pod.launch(self.command)
+    elif runs[0].last != self.shown:
+      self.say(f"running: {runs[0].last}")
+      self.shown = runs[0].last
+    return None
+
+  def recreate(self, state: SliceState) -> int | None:
+    if self.created or self.launched or state.status == "LOST":
+      if self.restarts >= self.max_restarts:
+        self.say(f"{state.detail}; giving up after {self.restarts} restarts (--max-restarts "
+                 f"{self.max_restarts})")
+        return 1
+      self.restarts += 1
+      self.say(f"{state.detail}: creating it again (restart {self.restarts} of "
+               f"{self.max_restarts})")
     else:
-      finishing = False
-      if runs[0].last != shown:
-        say(f"running: {runs[0].last}")
-        shown = runs[0].last
-    time.sleep(poll)
+      self.say("no such slice yet: creating it")
+    self.created, self.launched, self.finishing = True, False, False
+    if state.status == "LOST":
+      self.pod.delete()
+    self.pod.create(self.create)
+    return None
+
+  def start(self, runs: list[WorkerRun]) -> int | None:
+    """The first look at a ready slice: watch a run of this command, or set up and launch."""
+    active = [r for r in runs if r.state == "running"]
+    if active and all(r.cmd == self.want for r in active):
+      self.say(f"the run is already going on {len(active)} workers: watching it")
+      self.launched = True
+      return None
+    if active:
+      self.say(f"a different command is running on {self.pod.name} ({active[0].host}); stop "
+               "it (tpu/pod.sh stop) or babysit that command")
+      return 1
+    try:
+      self.pod.setup(self.setup)
+      self.pod.launch(self.command)
+      self.launched = True
+    except PodError as e:
+      self.failures += 1
+      self.say(f"set-up or launch failed ({self.failures} of {self.max_failures + 1} tries): "
+               f"{e}")
+      if self.failures > self.max_failures:
+        return 1
+    return None
 
 
 # --- the command line --------------------------------------------------------------------------
@@ -657,7 +689,8 @@ def build_parser() -> argparse.ArgumentParser:
   g = common.add_argument_group("the slice")
   g.add_argument("--name", default=os.environ.get("TPU"),
                  help="TPU VM or queued resource name (default $TPU)")
-  g.add_argument("--zone", default=os.environ.get("ZONE"), help="e.g. us-central2-b (default $ZONE)")
+  g.add_argument("--zone", default=os.environ.get("ZONE"),
+                 help="e.g. us-central2-b (default $ZONE)")
   g.add_argument("--project", help="Google Cloud project (default: gcloud's configured one)")
   g.add_argument("--internal-ip", action="store_true",
                  help="ssh/scp over internal IPs (from a VM in the same network)")
@@ -813,9 +846,9 @@ def run(argv: Sequence[str]) -> int:
                       capture=False)
     return max(p.returncode for p in procs)
   if args.action == "babysit":
-    return babysit(pod, create_spec(args), setup_spec(args), command_text(command),
-                   max_restarts=args.max_restarts, max_failures=args.max_failures,
-                   poll=args.poll, delete_when_done=args.delete_when_done)
+    return Babysitter(pod, create_spec(args), setup_spec(args), command_text(command),
+                      max_restarts=args.max_restarts, max_failures=args.max_failures,
+                      poll=args.poll, delete_when_done=args.delete_when_done).run()
   if args.action == "delete":
     if not pod.delete():
       log(f"{args.name}: nothing to delete")

@@ -80,7 +80,8 @@ make_venv() {
     return 0
   fi
   # No usable interpreter here (or --python is a version like 3.12): uv brings its own.
-  uv="$(find_uv || install_uv)" || die "no Python >= 3.11 with venv here and uv could not be installed"
+  uv="$(find_uv || install_uv)" \
+    || die "no Python >= 3.11 with venv here, and uv could not be installed"
   "$uv" venv --quiet --seed --python "${python:-3.12}" "$venv"
 }
 
@@ -150,7 +151,9 @@ EOF
   if ! grep -qs 'jaxgan/env.sh' "$HOME/.bashrc"; then
     echo '[ -f "$HOME/jaxgan/env.sh" ] && . "$HOME/jaxgan/env.sh"' >> "$HOME/.bashrc"
   fi
-  echo "JAXGAN-SETUP-OK host=$HOST python=$("$venv/bin/python" -c 'import platform; print(platform.python_version())')"
+  local version
+  version="$("$venv/bin/python" -c 'import platform; print(platform.python_version())')"
+  echo "JAXGAN-SETUP-OK host=$HOST python=$version"
 }
 
 # Processes holding TPU chips (/dev/accel* on v4/v5e, /dev/vfio/* on v5p/v6e) other than ours.
@@ -168,7 +171,10 @@ stop_run() {
     # The whole process group: the wrapper and everything the command started. SIGTERM first,
     # so that `jaxgan train` saves a checkpoint.
     kill -TERM -- "-$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null && [ "$waited" -lt "$grace" ]; do sleep 1; waited=$((waited + 1)); done
+    while kill -0 "$pid" 2>/dev/null && [ "$waited" -lt "$grace" ]; do
+      sleep 1
+      waited=$((waited + 1))
+    done
     kill -KILL -- "-$pid" 2>/dev/null || true
   fi
   holders="$(tpu_holders)"
@@ -205,13 +211,15 @@ echo "$code" > "$RUN/exit_code.tmp" && mv "$RUN/exit_code.tmp" "$RUN/exit_code"
 echo "jaxgan worker $(hostname) $(date -u +%FT%TZ): exited with status $code"
 EOF
   setsid nohup bash "$RUN/run.sh" > "$RUN/worker.log" 2>&1 < /dev/null &
+  # Started once the wrapper wrote its pid (whatever becomes of it next: status tells).
   local waited=0 pid
-  until pid="$(run_pid)"; do
-    [ -f "$RUN/exit_code" ] && break          # a command that ended at once
+  until [ -s "$RUN/pid" ]; do
     [ "$waited" -lt 100 ] || die "the run did not start (see $RUN/worker.log)"
-    sleep 0.05; waited=$((waited + 1))
+    sleep 0.05
+    waited=$((waited + 1))
   done
-  echo "JAXGAN-LAUNCHED host=$HOST pid=${pid:-exited} log=$RUN/worker.log"
+  read -r pid _ < "$RUN/pid"
+  echo "JAXGAN-LAUNCHED host=$HOST pid=$pid log=$RUN/worker.log"
 }
 
 cmd_status() {
@@ -227,7 +235,8 @@ cmd_status() {
   [ -f "$RUN/command" ] && cmd="$(hash_of "$RUN/command")"
   if [ -f "$RUN/worker.log" ]; then
     # Progress bars redraw with \r: the last non-empty piece is what a terminal would show.
-    last="$(tail -c 400 "$RUN/worker.log" | tr '\r' '\n' | grep -v '^[[:space:]]*$' | tail -n 1 || true)"
+    last="$(tail -c 400 "$RUN/worker.log" | tr '\r' '\n' | grep -v '^[[:space:]]*$' \
+            | tail -n 1 || true)"
   fi
   echo "JAXGAN-STATUS host=$HOST ip=${IP:--} state=$state code=$code cmd=$cmd | $last"
 }
