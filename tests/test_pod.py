@@ -203,8 +203,10 @@ def test_launch_on_every_worker_clears_stale_runs(cloud):
   assert exit_code.returncode == 7
 
 
-def test_setup_refuses_to_replace_code_under_a_live_run(cloud):
+def test_launch_needs_setup_and_setup_needs_no_live_run(cloud):
   ok(cloud.pod("create --accelerator-type v4-8"))
+  proc = cloud.pod("launch -- sleep 300")
+  assert proc.returncode == 1 and "t1v-n-jaxgan-test-w-0: not set up" in proc.stderr
   ok(cloud.pod(f"setup {SETUP}"))
   ok(cloud.pod("launch --no-tail -- sleep 300"))
   proc = cloud.pod(f"setup {SETUP}")

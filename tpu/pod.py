@@ -29,7 +29,8 @@ import time
 from typing import Callable, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER = "bash ~/jaxgan/src/tpu/worker.sh"
+WORKER = ('[ -f ~/jaxgan/src/tpu/worker.sh ] || { echo "$(hostname): not set up '
+          '(tpu/pod.sh setup)" >&2; exit 3; }; bash ~/jaxgan/src/tpu/worker.sh')
 # A worker that was never set up (a new VM) has no worker.sh yet, and says so in the same form.
 STATUS = ("if [ -f ~/jaxgan/src/tpu/worker.sh ]; then bash ~/jaxgan/src/tpu/worker.sh status; "
           "else set -- $(hostname -I 2>/dev/null); echo \"JAXGAN-STATUS host=$(hostname) "
@@ -95,7 +96,7 @@ class Gcloud:
     proc = self.run([*args, "--format=json"], check=False)
     if proc.returncode == 0:
       return json.loads(proc.stdout or "null")
-    if "NOT_FOUND" in proc.stderr or "not found" in proc.stderr:
+    if "NOT_FOUND" in proc.stderr or "was not found" in proc.stderr:
       return None
     raise PodError(f"gcloud compute tpus {' '.join(args[:3])} failed (exit {proc.returncode}):\n"
                    + tail_text(proc.stderr))
@@ -328,6 +329,8 @@ class Pod:
 
   def _remote(self, verb: str, node: str, args: Sequence[str]) -> list[str]:
     remote = ["tpu-vm", verb, *args] if verb == "scp" else ["tpu-vm", verb, node, *args]
+    # --quiet: never prompt (a first ssh makes a key without a passphrase instead of asking).
+    remote.append("--quiet")
     if self.internal_ip:
       remote.append("--internal-ip")
     return remote
