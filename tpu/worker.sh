@@ -162,7 +162,11 @@ tpu_holders() {
   devs="$(ls -d /dev/accel* /dev/vfio/[0-9]* 2>/dev/null || true)"
   [ -n "$devs" ] || return 0
   # shellcheck disable=SC2086
-  $SUDO lsof -t $devs 2>/dev/null | sort -u || true
+  if command -v lsof >/dev/null 2>&1; then
+    $SUDO lsof -t $devs 2>/dev/null | sort -u || true
+  else
+    $SUDO fuser $devs 2>/dev/null | tr -s ' ' '\n' | grep -E '^[0-9]+$' | sort -u || true
+  fi
 }
 
 stop_run() {
