@@ -165,6 +165,7 @@ def test_lifecycle_preemption_babysit_resume(cloud, tmp_path):
   assert "nothing to delete" in ok(cloud.pod("delete"))
 
 
+@pytest.mark.slow
 def test_launch_on_every_worker_clears_stale_runs(cloud):
   ok(cloud.pod("create --accelerator-type v4-16"))
   ok(cloud.pod(f"setup {SETUP}"))
