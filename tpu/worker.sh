@@ -156,7 +156,8 @@ EOF
   echo "JAXGAN-SETUP-OK host=$HOST python=$version"
 }
 
-# Processes holding TPU chips (/dev/accel* on v4/v5e, /dev/vfio/* on v5p/v6e) other than ours.
+# Processes holding TPU chips (/dev/accel* on v4/v5e, /dev/vfio/* on v5p/v6e): a run started
+# by hand, a notebook, a process the last run left behind.
 tpu_holders() {
   local devs
   devs="$(ls -d /dev/accel* /dev/vfio/[0-9]* 2>/dev/null || true)"
