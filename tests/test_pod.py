@@ -105,6 +105,11 @@ def wait_for(predicate, timeout: float, what: str) -> None:
     time.sleep(0.1)
 
 
+def _run_pid(home: str) -> int:
+  with open(os.path.join(home, "jaxgan", "run", "pid")) as f:
+    return int(f.read().split()[0])
+
+
 def _alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)
@@ -138,7 +143,7 @@ def test_lifecycle_preemption_babysit_resume(cloud, tmp_path):
 
   first = workdir / "checkpoints" / "5"
   wait_for(first.exists, 300, "the first checkpoint")
-  pid = int(open(os.path.join(home, "jaxgan", "run", "pid")).read().split()[0])
+  pid = _run_pid(home)
   assert "preempted" in cloud.fake("preempt", NAME)
   assert not _alive(pid)
   assert "PREEMPTED" in ok(cloud.pod("status"))
@@ -171,7 +176,7 @@ def test_launch_on_every_worker_clears_stale_runs(cloud):
   ok(cloud.pod(f"setup {SETUP}"))
   ok(cloud.pod("launch --no-tail -- sleep 300"))
   homes = [cloud.home(NAME, w) for w in range(2)]
-  pids = [int(open(os.path.join(h, "jaxgan", "run", "pid")).read().split()[0]) for h in homes]
+  pids = [_run_pid(h) for h in homes]
   assert all(_alive(p) for p in pids)
   status = ok(cloud.pod("status"))
   assert status.count(": running") == 2, status
