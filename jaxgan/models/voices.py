@@ -1,0 +1,185 @@
+"""Monophonic voices: one categorical choice per (voice, time step), by construction.
+
+A SATB voice sings one note at a time. A per-pitch sigmoid with a threshold cannot know that
+(the demo's old samples held 2-5 pitches per voice), so a track declared monophonic
+(`data.mono_tracks`) is generated as, per time step, one class out of
+
+    0 = rest,   1 + k = the pitch `low + k` of the track's range (low..high, `data.track_ranges`),
+
+plus a *restrike* bit: a new note of the same pitch as the step before (a repeated note).
+Without it a repeated note and a held one would be the same cells; with it the round trip
+notes -> classes -> notes is exact for any line whose notes never overlap.
+
+`VoiceLayout` says which tracks are voices and which piano-roll rows each may use. Its functions
+move between the three forms, all jittable:
+
+    piano-roll  uint8 [B, bars, steps, pitches, tracks] (0 silent, 1 held, 2 onset), the data
+    classes     int32 [B, T, V] and restrike bool [B, T, V]  (T = bars * steps, V = voices)
+    soft roll   float [B, bars, steps, pitches, tracks] in [-1, 1] from class probabilities
+                (one-hot or relaxed): what a discriminator reads, so that gradients reach the
+                generator's logits through a (straight-through) Gumbel-softmax sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+REST = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class VoiceLayout:
+  """The monophonic tracks of a piano-roll and the rows (pitch - lowest_pitch) they may use.
+
+  ranges: per voice (low, high) piano-roll rows, inclusive.
+  tracks: per voice, its track index in the piano-roll.
+  """
+
+  tracks: tuple[int, ...]
+  ranges: tuple[tuple[int, int], ...]
+  num_pitches: int
+
+  def __post_init__(self) -> None:
+    if len(self.tracks) != len(self.ranges):
+      raise ValueError(f"{len(self.tracks)} voice tracks but {len(self.ranges)} ranges")
+    if len(set(self.tracks)) != len(self.tracks):
+      raise ValueError(f"voice tracks {self.tracks} repeat a track")
+    for t, (lo, hi) in zip(self.tracks, self.ranges):
+      if not 0 <= lo <= hi < self.num_pitches:
+        raise ValueError(f"track {t}: rows {lo}..{hi} are not within the piano-roll's "
+                         f"{self.num_pitches} pitches")
+
+  @classmethod
+  def from_pitches(cls, tracks: Sequence[int], ranges: Sequence[Sequence[int]],
+                   lowest_pitch: int, num_pitches: int) -> "VoiceLayout":
+    """From MIDI pitch ranges (low, high) per voice track."""
+    rows = tuple((int(lo) - lowest_pitch, int(hi) - lowest_pitch) for lo, hi in ranges)
+    return cls(tuple(int(t) for t in tracks), rows, int(num_pitches))
+
+  @property
+  def num_voices(self) -> int:
+    return len(self.tracks)
+
+  @property
+  def num_classes(self) -> int:
+    """Rest plus the widest voice's pitches: every voice shares one class axis."""
+    return 1 + max((hi - lo + 1 for lo, hi in self.ranges), default=0)
+
+  def valid_classes(self) -> np.ndarray:
+    """bool [V, C]: the classes each voice may take (rest and its own pitches)."""
+    sizes = np.asarray([hi - lo + 2 for lo, hi in self.ranges])
+    return np.arange(self.num_classes)[None, :] < sizes[:, None]
+
+  def mask_logits(self, logits: Array) -> Array:
+    """Logits [..., V, C] with the classes outside each voice's range at a large negative
+    value (not -inf: a softmax of a row stays finite, and so do its gradients)."""
+    return jnp.where(jnp.asarray(self.valid_classes()), logits, -1e9)
+
+
+def _voice_rows(layout: VoiceLayout, x: Array) -> list[Array]:
+  """Each voice's rows of a roll [..., pitches, tracks] -> list of [..., range]."""
+  return [x[..., lo:hi + 1, t] for t, (lo, hi) in zip(layout.tracks, layout.ranges)]
+
+
+def classes_from_roll(layout: VoiceLayout, roll: Array) -> tuple[Array, Array]:
+  """(classes int32 [B, T, V], restrike bool [B, T, V]) of a piano-roll.
+
+  A cell outside a voice's range is ignored; where a voice holds several pitches at once
+  (data that breaks the layout), the highest one is its note.
+  """
+  b, bars, steps = roll.shape[:3]
+  cls, restrike = [], []
+  for rows in _voice_rows(layout, roll):
+    rows = rows.reshape(b, bars * steps, rows.shape[-1])
+    sounding = rows > 0
+    size = rows.shape[-1]
+    top = size - 1 - jnp.argmax(sounding[..., ::-1], axis=-1)
+    c = jnp.where(sounding.any(-1), top + 1, REST).astype(jnp.int32)
+    onset = jnp.take_along_axis(rows, top[..., None], -1)[..., 0] == 2
+    prev = jnp.concatenate([jnp.full_like(c[:, :1], -1), c[:, :-1]], 1)
+    cls.append(c)
+    restrike.append(onset & (c == prev) & (c != REST))
+  return jnp.stack(cls, -1), jnp.stack(restrike, -1)
+
+
+def note_starts(classes: Array, restrike: Array) -> Array:
+  """bool [B, T, V]: where a note begins (a new pitch, or the same pitch struck again)."""
+  prev = jnp.concatenate([jnp.full_like(classes[:, :1], REST), classes[:, :-1]], 1)
+  return (classes != REST) & ((classes != prev) | restrike)
+
+
+def roll_from_classes(layout: VoiceLayout, classes: Array, restrike: Array,
+                      shape: Sequence[int], base: Array | None = None) -> Array:
+  """uint8 piano-roll [B, bars, steps, pitches, tracks] with the voices written in.
+
+  `base` (uint8, same shape) supplies the other tracks (polyphonic ones); a voice's own track
+  is overwritten whole.
+  """
+  b, bars, steps, pitches, tracks = shape
+  out = jnp.zeros(shape, jnp.uint8) if base is None else base.astype(jnp.uint8)
+  starts = note_starts(classes, restrike)
+  for v, (t, (lo, _)) in enumerate(zip(layout.tracks, layout.ranges)):
+    c = classes[..., v]
+    value = jnp.where(starts[..., v], 2, 1).astype(jnp.uint8)
+    row = jax.nn.one_hot(lo + c - 1, pitches, dtype=jnp.uint8) * (c != REST)[..., None]
+    col = (row * value[..., None]).reshape(b, bars, steps, pitches)
+    out = out.at[..., t].set(col)
+  return out
+
+
+def soft_roll(layout: VoiceLayout, probs: Array, shape: Sequence[int],
+              base: Array | None = None) -> Array:
+  """A roll in [-1, 1] whose voice columns are 2 p - 1 over the voice's rows (rest: all -1).
+
+  probs: [B, T, V, C] class probabilities (one-hot, relaxed or straight-through). `base`
+  (float in [-1, 1], same shape) supplies the other tracks; without it they are silent (-1).
+  """
+  b, bars, steps, pitches, tracks = shape
+  out = -jnp.ones(shape, probs.dtype) if base is None else base.astype(probs.dtype)
+  for v, (t, (lo, hi)) in enumerate(zip(layout.tracks, layout.ranges)):
+    p = probs[..., v, 1:hi - lo + 2].reshape(b, bars, steps, hi - lo + 1)
+    col = jnp.full((b, bars, steps, pitches), -1.0, probs.dtype)
+    col = col.at[..., lo:hi + 1].set(2.0 * p - 1.0)
+    out = out.at[..., t].set(col)
+  return out
+
+
+def gumbel_softmax(key: Array, logits: Array, inverse_temperature: Array | float,
+                   hard: bool = True) -> Array:
+  """A Gumbel-softmax sample of one class per row of `logits` [..., C].
+
+  hard=True: the forward value is the one-hot of the sampled class, the gradient that of the
+  relaxed sample softmax(beta (logits + g)) (straight-through). The sample's class is
+  argmax(logits + g) whatever beta is, so annealing beta upwards only sharpens the gradient.
+  """
+  g = jax.random.gumbel(key, logits.shape, jnp.float32)
+  z = logits.astype(jnp.float32) + g
+  soft = jax.nn.softmax(inverse_temperature * z, axis=-1)
+  if not hard:
+    return soft
+  one_hot = jax.nn.one_hot(jnp.argmax(z, -1), logits.shape[-1], dtype=soft.dtype)
+  return soft + jax.lax.stop_gradient(one_hot - soft)
+
+
+def masked_cross_entropy(logits: Array, targets: Array, hidden: Array) -> tuple[Array, Array]:
+  """(mean over examples of the cross-entropy per hidden cell, the mean per hidden cell over
+  the whole batch), in nats; logits [B, T, V, C], targets [B, T, V], hidden bool [B, T, V].
+
+  Each example's sum is divided by its own number of hidden cells (Coconet's orderless
+  weighting), so that an example with a few hidden cells counts as much as one with many.
+  """
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+  nll = -jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
+  h = hidden.astype(jnp.float32)
+  count = h.sum((1, 2))
+  per_example = (nll * h).sum((1, 2)) / jnp.maximum(count, 1.0)
+  has = (count > 0).astype(jnp.float32)
+  mean = (per_example * has).sum() / jnp.maximum(has.sum(), 1.0)
+  per_cell = (nll * h).sum() / jnp.maximum(h.sum(), 1.0)
+  return mean, per_cell
