@@ -254,6 +254,23 @@ def _mutate(data: bytes, corpus: list[bytes], rng: random.Random) -> bytes:
   return bytes(buf)
 
 
+def peak_rss_kb() -> int:
+  """This process image's peak resident set in KiB.
+
+  /proc's VmHWM starts afresh at exec; getrusage's ru_maxrss does not (Linux carries the
+  parent's peak across fork + exec), so a fuzzer started from a large process, a test runner
+  say, would read the runner's memory as its own.
+  """
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1])
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 class _Hang(Exception):
   pass
 
@@ -284,7 +301,7 @@ def run_mutate(args, corpus_dir: str, crashes_dir: str) -> int:
       detail = traceback.format_exc()
     finally:
       signal.alarm(0)
-    if not problem and resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > args.rss_limit_mb * 1024:
+    if not problem and peak_rss_kb() > args.rss_limit_mb * 1024:
       problem = "oom"
     if problem:
       found += 1
