@@ -43,6 +43,44 @@ def _init_distributed(args) -> None:
                          auto=args.distributed)
 
 
+def _generator(args):
+  """The generator a sampling command uses: --pretrained NAME or --workdir DIR."""
+  from jaxgan import sample  # pylint: disable=import-outside-toplevel
+  from jaxgan.config import ConfigError  # pylint: disable=import-outside-toplevel
+  pretrained = getattr(args, "pretrained", None)
+  if bool(pretrained) == bool(args.workdir):
+    raise ConfigError(f"give either --workdir DIR or --pretrained NAME "
+                      f"({', '.join(sorted(sample.PRETRAINED))})")
+  if pretrained:
+    return sample.Generator.from_export(sample.pretrained_path(pretrained))
+  return sample.Generator.from_workdir(args.workdir, use_ema=not getattr(args, "no_ema", False),
+                                       best=getattr(args, "best", False))
+
+
+def _add_source_flags(p: argparse.ArgumentParser) -> None:
+  g = p.add_mutually_exclusive_group()
+  g.add_argument("--workdir", help="a train workdir (its latest checkpoint) or a "
+                                   "generator export (jaxgan export)")
+  g.add_argument("--pretrained", metavar="NAME",
+                 help="a generator shipped with jaxgan: jsb (Bach chorales, four voices)")
+
+
+def cmd_export(args, extra) -> int:
+  if extra:
+    raise SystemExit(f"jaxgan export: unexpected arguments {extra}")
+  from jaxgan import sample  # pylint: disable=import-outside-toplevel
+  gen = sample.Generator.from_workdir(args.workdir, use_ema=not args.no_ema, best=args.best)
+  metrics = None
+  if args.metrics:
+    import json  # pylint: disable=import-outside-toplevel
+    with open(args.metrics) as f:
+      metrics = json.load(f)
+  out = sample.export(gen, args.out, dtype=args.dtype, metrics=metrics)
+  size = sum(os.path.getsize(os.path.join(out, n)) for n in os.listdir(out))
+  print(f"wrote {out}: generator of step {gen.step}, {size / 2**20:.1f} MiB")
+  return 0
+
+
 def cmd_prepare(args, extra) -> int:
   from jaxgan.data import prepare  # pylint: disable=import-outside-toplevel
   if extra:
@@ -87,7 +125,7 @@ def cmd_sample(args, extra) -> int:
   from jaxgan import evaluate, metrics, render, sample  # pylint: disable=import-outside-toplevel
   if args.render:  # a missing program or SoundFont fails before sampling, not after
     render.check_setup(args.soundfont, args.sample_rate)
-  gen = sample.Generator.from_workdir(args.workdir, use_ema=not args.no_ema, best=args.best)
+  gen = _generator(args)
   sample.check_options(gen.config, num=args.num, bars=args.bars)
   if args.style is not None:
     gen.style_id(args.style)  # an unknown style fails here, listing the known ones
@@ -125,7 +163,7 @@ def _restore(args, extra, command: str) -> int:
   import jax  # pylint: disable=import-outside-toplevel
   from jaxgan import restore, sample  # pylint: disable=import-outside-toplevel
   from jaxgan.midi.io import MidiError  # pylint: disable=import-outside-toplevel
-  gen = sample.Generator.from_workdir(args.workdir, use_ema=not args.no_ema, best=args.best)
+  gen = _generator(args)
   if args.style is not None:
     gen.style_id(args.style)
   key = jax.random.PRNGKey(args.seed)
@@ -194,12 +232,12 @@ def cmd_eval(args, extra) -> int:
   if extra:
     raise SystemExit(f"jaxgan eval: unexpected arguments {extra}")
   from jaxgan import evaluate, sample  # pylint: disable=import-outside-toplevel
-  gen = sample.Generator.from_workdir(args.workdir, best=args.best)
+  gen = _generator(args)
   result = evaluate.evaluate(gen, split=args.split, num=args.num, seed=args.seed)
   print(result["table"])
   for name, v in sorted(result.get("set_comparison", {}).items()):
     print(f"  {name:<28} OA {v['OA']:.3f}  KL {v['KL']:.3f}")
-  out = args.out or os.path.join(args.workdir, f"eval_{result['step']}.json")
+  out = args.out or os.path.join(args.workdir or ".", f"eval_{result['step']}.json")
   evaluate.write_json(result, out)
   print(f"wrote {out}")
   return 0
@@ -231,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(func=cmd_train)
 
   p = sub.add_parser("sample", help="write MIDI files, a PNG grid and metrics from a run")
-  p.add_argument("--workdir", required=True, help="a train workdir (latest checkpoint is used)")
+  _add_source_flags(p)
   p.add_argument("--num", type=int, default=16, help="number of pieces")
   p.add_argument("--bars", type=int, help="bars per piece (default: one trained phrase)")
   p.add_argument("--out", default="samples", help="output folder")
@@ -251,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
   for name, text in (("inpaint", "regenerate bars of a MIDI file (music restoration)"),
                      ("accompany", "generate the other tracks around given ones")):
     p = sub.add_parser(name, help=text)
-    p.add_argument("--workdir", required=True, help="a train workdir (latest checkpoint)")
+    _add_source_flags(p)
     p.add_argument("--input", required=True, help="the MIDI file")
     if name == "inpaint":
       p.add_argument("--bars", required=True, help="bars to regenerate, 1-based: 5-8 or 5-8,12")
@@ -284,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(func=cmd_gallery)
 
   p = sub.add_parser("eval", help="musical metrics: data vs generated, per track")
-  p.add_argument("--workdir", required=True)
+  _add_source_flags(p)
   p.add_argument("--split", default="test")
   p.add_argument("--num", type=int, default=256)
   p.add_argument("--seed", type=int, default=0)
@@ -292,6 +330,18 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--best", action="store_true",
                  help="use the checkpoint kept by train.best_metric, not the latest")
   p.set_defaults(func=cmd_eval)
+
+  p = sub.add_parser("export", help="write a run's generator alone (for sharing, "
+                                    "--workdir of sample/inpaint/accompany)")
+  p.add_argument("--workdir", required=True, help="a train workdir")
+  p.add_argument("--out", required=True, help="the folder to write")
+  p.add_argument("--dtype", default="float16", choices=("float16", "float32"),
+                 help="weights as stored (they load as float32)")
+  p.add_argument("--metrics", help="a JSON file of figures to ship beside the weights")
+  p.add_argument("--no-ema", action="store_true", help="export the raw generator, not its EMA")
+  p.add_argument("--best", action="store_true",
+                 help="export the checkpoint kept by train.best_metric, not the latest")
+  p.set_defaults(func=cmd_export)
 
   p = sub.add_parser("profile", help="time train steps: compile, p50/p90, FLOPs, MFU, trace")
   p.add_argument("--config", required=True, help="configs/NAME.py[:ARG]")
@@ -325,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"jaxgan {args.command}: {e}", file=sys.stderr)
     return 2
   except RenderError as e:  # no FluidSynth or SoundFont: the message says how to install them
+    print(f"jaxgan {args.command}: {e}", file=sys.stderr)
+    return 1
+  except FileNotFoundError as e:  # a missing workdir, checkpoint or shipped model: one line
     print(f"jaxgan {args.command}: {e}", file=sys.stderr)
     return 1
 

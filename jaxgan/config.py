@@ -79,6 +79,13 @@ def base_config() -> ConfigDict:
   c.loss.reuse_fake = False          # G update on the last critic update's fakes (one G
                                      # forward less; what the ISMIR 2019 tutorial does)
 
+  # model.arch="voices" only (jaxgan/voicegan.py): the loss mix and the training masks.
+  c.loss.recon_weight = 1.0          # cross-entropy on the hidden cells
+  c.loss.adv_weight = 0.0            # adversarial term (0 = no critic at all)
+  c.loss.gumbel_beta_max = 100.0     # straight-through Gumbel-softmax: inverse temperature
+  c.loss.gumbel_anneal_steps = 10_000  # rises 1 -> beta_max geometrically over these steps
+  c.loss.mask_shares = (0.4, 0.3, 0.2, 0.1)  # cells, bars, voices, all: mask kinds per example
+
   c.g_optim = optim_config(1e-3)
   c.d_optim = optim_config(1e-3)
 
@@ -303,12 +310,15 @@ def validate(config: ConfigDict) -> None:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
       raise ConfigError(f"conditioning.{key}={v!r} must be a positive integer")
   # Sections owned by other modules validate themselves.
-  from jaxgan import models, optim  # pylint: disable=import-outside-toplevel
+  from jaxgan import models, optim, voicegan  # pylint: disable=import-outside-toplevel
   for name in ("g_optim", "d_optim"):
     try:
       optim.make_optimizer(config[name])
     except ValueError as e:
       raise ConfigError(f"{name}: {e}") from None
+  if voicegan.is_voice_model(config):
+    voicegan.check_config(config)
+    return
   try:
     models.build(config.model, data_shape(config), conditioning(config, num_styles=1))
   except ValueError as e:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 from collections.abc import Callable
 from typing import Any
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,6 +25,7 @@ from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
 from jaxgan import models
 from jaxgan import sharding as shard_lib
+from jaxgan import voicegan
 from jaxgan.midi import io as midi_io
 from jaxgan.midi import pianoroll
 from jaxgan.midi.song import Track
@@ -58,11 +61,20 @@ class Generator:
   @classmethod
   def from_workdir(cls, workdir: str, *, use_ema: bool = True, best: bool = False
                    ) -> "Generator":
-    """The run's latest checkpoint, or with best=True the one kept by train.best_metric."""
+    """The run's latest checkpoint, or with best=True the one kept by train.best_metric.
+
+    `workdir` may also be a generator export (`export`, `jaxgan export`): its weights load
+    without the discriminator or optimizer state.
+    """
+    if is_export(workdir):
+      return cls.from_export(workdir)
+    if not os.path.isdir(workdir):
+      raise FileNotFoundError(f"{workdir}: no such workdir (train one with `jaxgan train "
+                              "--config CONFIG --workdir DIR`, or use --pretrained jsb)")
     from jaxgan import train  # pylint: disable=import-outside-toplevel
     config = train.load_run_config(workdir)
     mesh = shard_lib.make_mesh(-1, 1)
-    engine = train.Engine(config, mesh)
+    engine = train.make_engine(config, mesh)
     folder = os.path.join(workdir, "best", "checkpoints") if best else os.path.join(
         workdir, "checkpoints")
     if best and not os.path.isdir(folder):
@@ -76,6 +88,31 @@ class Generator:
     params = state["g_ema"] if use_ema else state["g"]
     return cls(config=config, engine=engine, step=int(step), tracks=_tracks_for(config),
                variables={"params": params, "batch_stats": state["g_stats"]})
+
+  @classmethod
+  def from_export(cls, folder: str) -> "Generator":
+    """A generator written by `export`: config.json, export.json and generator.msgpack."""
+    from jaxgan import train  # pylint: disable=import-outside-toplevel
+    config = train.load_run_config(folder)
+    with open(os.path.join(folder, EXPORT_INFO)) as f:
+      info = json.load(f)
+    engine = train.make_engine(config, shard_lib.make_mesh(-1, 1))
+    template = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), engine.abstract_state["g"])
+    with open(os.path.join(folder, EXPORT_WEIGHTS), "rb") as f:
+      try:
+        stored = flax.serialization.msgpack_restore(f.read())
+        params = flax.serialization.from_state_dict(template, stored)
+      except Exception as e:  # a truncated or foreign file: name it, do not guess
+        raise ValueError(f"{folder}/{EXPORT_WEIGHTS}: not this model's weights ({e})") from None
+    params = jax.tree.map(lambda t, x: jnp.asarray(np.asarray(x), t.dtype), template, params)
+    tracks = tuple(Track(name=t["name"], program=int(t["program"]), is_drum=bool(t["is_drum"]))
+                   for t in info["tracks"])
+    return cls(config=config, engine=engine, step=int(info["step"]), tracks=tracks,
+               variables={"params": params, "batch_stats": {}})
+
+  @property
+  def is_voice_model(self) -> bool:
+    return voicegan.is_voice_model(self.config)
 
   @property
   def bars_per_phrase(self) -> int:
@@ -121,6 +158,60 @@ class Generator:
     if not self.engine.conditional:
       return None
     return self.engine.empty_condition(key if key is not None else jax.random.PRNGKey(0), num)
+
+
+EXPORT_WEIGHTS = "generator.msgpack"
+EXPORT_INFO = "export.json"
+PRETRAINED = {"jsb": "jsb"}   # --pretrained NAME -> folder in jaxgan/pretrained
+
+
+def is_export(folder: str) -> bool:
+  return os.path.isfile(os.path.join(folder, EXPORT_WEIGHTS))
+
+
+def pretrained_path(name: str) -> str:
+  """The folder of a generator shipped with the package (`--pretrained NAME`)."""
+  if name not in PRETRAINED:
+    raise config_lib.ConfigError(f"--pretrained={name!r}: the shipped models are "
+                                 f"{', '.join(sorted(PRETRAINED))}")
+  folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained",
+                        PRETRAINED[name])
+  if not is_export(folder):
+    raise FileNotFoundError(f"{folder}: the shipped model {name!r} is missing from this install")
+  return folder
+
+
+def export(gen: Generator, out: str, *, dtype: str = "float16",
+           metrics: dict[str, Any] | None = None) -> str:
+  """Writes the generator alone (its sampling weights, the run's config, the tracks) to `out`.
+
+  float16 halves the files; the weights come back as float32 (the sampler's outputs were
+  measured unchanged by it on the shipped chorale model: BENCHMARKS.md). Returns `out`.
+  """
+  if dtype not in ("float16", "float32"):
+    raise ValueError(f"dtype={dtype!r} is not one of ('float16', 'float32')")
+  os.makedirs(out, exist_ok=True)
+  params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)).astype(dtype),
+                        gen.variables["params"])
+  if jax.tree.leaves(gen.variables.get("batch_stats") or {}):
+    raise ValueError("export: models with batch statistics (the MuseGAN models) are exported "
+                     "as checkpoints; export serves the voices models")
+  tmp = os.path.join(out, EXPORT_WEIGHTS + ".tmp")
+  with open(tmp, "wb") as f:
+    f.write(flax.serialization.msgpack_serialize(flax.serialization.to_state_dict(params)))
+  os.replace(tmp, os.path.join(out, EXPORT_WEIGHTS))
+  with open(os.path.join(out, "config.json"), "w") as f:
+    f.write(gen.config.to_json_best_effort(indent=2))
+  info = {"step": gen.step, "dtype": dtype,
+          "params": int(sum(x.size for x in jax.tree.leaves(params))),
+          "tracks": [{"name": t.name, "program": t.program, "is_drum": t.is_drum}
+                     for t in gen.tracks]}
+  with open(os.path.join(out, EXPORT_INFO), "w") as f:
+    json.dump(info, f, indent=2)
+  if metrics is not None:
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+      json.dump(metrics, f, indent=2)
+  return out
 
 
 def _generate(engine, variables, z, key, step, binarize: str, cond=None,
@@ -210,8 +301,15 @@ def sample(gen: Generator, key: jax.Array, num: int, *, bars: int | None = None,
   piece). `temperature` sharpens (< 1) or flattens (> 1) binarize="bernoulli" sampling.
   """
   bars = bars or gen.bars_per_phrase
-  phrases = -(-bars // gen.bars_per_phrase)
   kz, kb = jax.random.split(key)
+  if gen.is_voice_model:
+    # The voices model reads a piece of any length: one Gibbs chain over all its bars.
+    cond = gen.engine.empty_condition(kb, num, bars)
+    if style is not None:
+      cond["style"] = jnp.full([num], gen.style_id(style), jnp.int32)
+    z = latents(kz, num, gen.engine.latent_size, truncation=truncation)
+    return decode_latents(gen, z, kb, cond=cond)
+  phrases = -(-bars // gen.bars_per_phrase)
   cond = gen.condition(num, style=style, key=kb)
   if cond is not None:  # every phrase of a piece keeps the piece's style
     cond = jax.tree.map(lambda x: jnp.repeat(x, phrases, axis=0), cond)

@@ -28,31 +28,14 @@ from jaxgan import hostmem
 from jaxgan import config as config_lib
 from jaxgan import losses, models, optim
 from jaxgan import sharding as shard_lib
+from jaxgan import voicegan
+from jaxgan.runtime import CPU_OPT_LEVEL, CPU_OPT_LEVEL_FLAG, compiler_options  # noqa: F401
 
 log = logging.getLogger("jaxgan")
 # The smallest piece `Engine.sample_chunks` cuts a CPU sampling batch into.
 SAMPLE_CHUNK_MIN = 32
 
 State = dict[str, Any]
-# LLVM's optimization level for XLA's CPU kernels. -O1 instead of XLA's -O3 cuts the XLA compile
-# of a train step by 15-20 % of CPU time (musegan_lpd5: 31.2 -> 27.6 s in all, tutorial 19.6 ->
-# 15.6 s; scripts/bench_compile.py), and the steps and samplers measured ran as fast or faster.
-CPU_OPT_LEVEL_FLAG = "xla_backend_optimization_level"
-CPU_OPT_LEVEL = 1
-
-
-def compiler_options(platform: str, xla_flags: str | None = None) -> dict[str, Any] | None:
-  """XLA options for the functions an engine compiles on `platform`; None keeps XLA's defaults.
-
-  On CPU: `CPU_OPT_LEVEL`, unless XLA_FLAGS (`xla_flags`, default the environment's) sets the
-  level itself. Accelerators keep XLA's defaults.
-  """
-  flags = os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags
-  if platform != "cpu" or CPU_OPT_LEVEL_FLAG in flags:
-    return None
-  return {CPU_OPT_LEVEL_FLAG: CPU_OPT_LEVEL}
-
-
 # --------------------------------------------------------------------------------------------
 # Models, optimizers and the train state.
 
@@ -345,6 +328,13 @@ class Engine:
     return sample
 
 
+def make_engine(config, mesh: Mesh) -> "Engine | voicegan.VoiceEngine":
+  """The engine of a config: `voicegan.VoiceEngine` for model.arch="voices", else `Engine`."""
+  if voicegan.is_voice_model(config):
+    return voicegan.VoiceEngine(config, mesh)
+  return Engine(config, mesh)
+
+
 # --------------------------------------------------------------------------------------------
 # The loop.
 
@@ -428,6 +418,8 @@ def warm_start(engine: Engine, state: State, source: str) -> State:
   other, step = ckpt_lib.restore_unstructured(source)
   new = dict(state)
   for key in ("g", "g_stats", "g_ema", "d"):
+    if key not in state or key not in other:
+      continue   # a voices model without a critic, or warm-started from one
     want = jax.tree.structure(state[key])
     if jax.tree.structure(other[key]) != want:
       raise ValueError(f"train.init_from={source!r}: its {key!r} weights do not fit this model")
@@ -573,7 +565,7 @@ def train_and_evaluate(config, workdir: str, *, data_mode: str = "shard",
   pipeline.check_batch(config, mesh, jax.process_count())
   resolve_styles(config)
   pipeline.resolve_track_facts(config)
-  engine = Engine(config, mesh)
+  engine = make_engine(config, mesh)
   save_config(config, workdir)
   is_lead = jax.process_index() == 0
 
@@ -605,8 +597,12 @@ def train_and_evaluate(config, workdir: str, *, data_mode: str = "shard",
 
   if evaluate_fn is None and tc.eval_every:
     windows = _eval_windows(config)
-    reference = data_reference(config, windows) if windows is not None else None
-    evaluate_fn = functools.partial(sample_metrics, reference=reference)
+    reference = (data_reference(config, windows)
+                 if windows is not None and not voicegan.is_voice_model(config) else None)
+    if voicegan.is_voice_model(config):
+      evaluate_fn = voicegan.evaluation(config, windows)
+    else:
+      evaluate_fn = functools.partial(sample_metrics, reference=reference)
   best = BestKeeper(workdir, tc.best_metric, tc.best_mode) if tc.best_metric else None
   writer = summary.Writer(workdir, enabled=is_lead)
   examples_per_step = tc.global_batch * config.loss.n_critic

@@ -199,6 +199,8 @@ def resolve_track_facts(config) -> None:
     return  # load_song_table refuses the data set with the reason
   names = [t.name for t in info.tracks]
   mono = config_lib.mono_track_indices(config, names)
+  if tuple(d.mono_tracks):
+    d.mono_tracks = mono  # indices from here on: the saved config needs no data set to read
   facts = info.track_facts
   if facts is None:
     if not tuple(d.track_ranges):

@@ -1,0 +1,558 @@
+"""The voice GAN: part music whose voices sing one note at a time, learnt by filling hidden cells.
+
+`model.arch = "voices"` (configs/jsb_chorale.py). Each monophonic track (`data.mono_tracks`) is,
+per time step, one categorical choice: rest or a pitch of that voice's range (models/voices.py);
+polyphonic tracks, if any, stay per-pitch on/off cells. One generator (models/voicenet.py) serves
+free generation, restoration and accompaniment: it reads a piece with some cells given and
+predicts every hidden cell.
+
+Training (`train_step`, pure): each example of a batch hides cells by one of four masks, drawn
+per example (`loss.mask_shares`): random cells at a random rate (Coconet's orderless masks),
+a span of bars in every voice (restoration), a subset of the voices for the whole window
+(accompaniment), or everything (free generation). The generator's loss is the cross-entropy on
+the hidden cells of the voices, each example's sum divided by its number of hidden cells, plus
+binary cross-entropy on hidden polyphonic cells, plus, with `loss.adv_weight > 0`, the
+adversarial loss of a critic (models/voicenet.VoiceCritic) that reads the given cells and the
+generated ones together: the generated classes are a straight-through Gumbel-softmax sample whose
+inverse temperature rises from 1 to `loss.gumbel_beta_max` over `loss.gumbel_anneal_steps`.
+
+Sampling (`VoiceEngine.rolls`): blocked Gibbs sampling as Coconet does it. The first round draws
+every hidden cell from the prediction with all of them hidden; each later round hides again a
+random share of the cells not given, falling from `model.gibbs_pmax` to `model.gibbs_pmin` over the
+first `model.gibbs_anneal` of the rounds, and redraws them from the generator at
+`model.temperature`. Given cells never change, so a restored or accompanied piece keeps every
+note it was given.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from jaxgan import config as config_lib
+from jaxgan import hostmem, losses, optim, runtime
+from jaxgan import sharding as shard_lib
+from jaxgan.models import voicenet
+from jaxgan.models import voices as voices_lib
+
+State = dict[str, Any]
+MASK_KINDS = ("cells", "bars", "voices", "all")
+
+
+def is_voice_model(config) -> bool:
+  return config.model.get("arch") == "voices"
+
+
+def model_config() -> ml_collections.ConfigDict:
+  """Defaults of `model` for arch="voices"; sizes as trained for the shipped chorale model."""
+  m = ml_collections.ConfigDict()
+  m.arch = "voices"
+  m.name = "voices"
+  m.features = 128              # transformer width of the generator
+  m.layers = 6
+  m.heads = 4
+  m.z_size = 32                 # latent added to every step: another z, another piece
+  m.critic_features = 96        # the critic (used only with loss.adv_weight > 0)
+  m.critic_layers = 3
+  m.dtype = "float32"           # or "bfloat16" (accelerators)
+  m.gibbs_rounds = 48           # sampling: refinement rounds after the first draw
+  m.gibbs_pmax = 0.9            # share of free cells redrawn in the second round...
+  m.gibbs_pmin = 0.1            # ...falling to this...
+  m.gibbs_anneal = 0.7          # ...over this share of the rounds
+  m.temperature = 1.0           # sampling temperature of the class distributions
+  return m
+
+
+def check_config(config) -> None:
+  """Raises ConfigError for a voices config that cannot train; called by config.validate."""
+  m, lc, d = config.model, config.loss, config.data
+  defaults = model_config()
+  unknown = sorted(set(m.keys()) - set(defaults.keys()))
+  if unknown:
+    raise config_lib.ConfigError(f"model: unknown key(s) {unknown} for arch='voices'; known: "
+                                 f"{', '.join(sorted(defaults.keys()))}")
+  for key in ("features", "layers", "heads", "z_size", "critic_features", "critic_layers",
+              "gibbs_rounds"):
+    v = m.get(key, defaults[key])
+    if isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "gibbs_rounds" else 1):
+      raise config_lib.ConfigError(f"model.{key}={v!r} must be a positive integer")
+  if m.get("features", 128) % m.get("heads", 4):
+    raise config_lib.ConfigError(f"model.features={m.features} must be a multiple of "
+                                 f"model.heads={m.heads}")
+  if m.get("dtype", "float32") not in ("float32", "bfloat16"):
+    raise config_lib.ConfigError(f"model.dtype={m.dtype!r} is not one of ('float32', 'bfloat16')")
+  for key in ("gibbs_pmax", "gibbs_pmin", "gibbs_anneal"):
+    v = m.get(key, defaults[key])
+    if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+      raise config_lib.ConfigError(f"model.{key}={v!r} must be in [0, 1]")
+  if not m.get("temperature", 1.0) > 0:
+    raise config_lib.ConfigError(f"model.temperature={m.temperature!r} must be > 0")
+  if not tuple(d.mono_tracks):
+    raise config_lib.ConfigError("model.arch='voices' needs data.mono_tracks: the tracks that "
+                                 "sing one note at a time (e.g. (0, 1, 2, 3) for SATB)")
+  shares = tuple(lc.mask_shares)
+  if len(shares) != len(MASK_KINDS) or min(shares) < 0 or not sum(shares) > 0:
+    raise config_lib.ConfigError(f"loss.mask_shares={shares!r} must be {len(MASK_KINDS)} shares "
+                                 f">= 0 ({', '.join(MASK_KINDS)}) with a positive sum")
+  for key in ("recon_weight", "adv_weight"):
+    if not lc[key] >= 0:
+      raise config_lib.ConfigError(f"loss.{key}={lc[key]!r} must be >= 0")
+  if not lc.recon_weight + lc.adv_weight > 0:
+    raise config_lib.ConfigError("loss.recon_weight and loss.adv_weight are both 0: nothing "
+                                 "to learn")
+  if not lc.gumbel_beta_max >= 1:
+    raise config_lib.ConfigError(f"loss.gumbel_beta_max={lc.gumbel_beta_max!r} must be >= 1")
+  if config.conditioning.infill or config.conditioning.accompany:
+    raise config_lib.ConfigError("conditioning.infill / conditioning.accompany are for the "
+                                 "MuseGAN models; the voices model always learns to fill "
+                                 "(loss.mask_shares)")
+
+
+def layout_of(config, track_names: Sequence[str] = ()) -> voices_lib.VoiceLayout:
+  """The voices of a run: its mono tracks and their pitch ranges (data.track_ranges)."""
+  d = config.data
+  mono = config_lib.mono_track_indices(config, tuple(track_names))
+  top = d.lowest_pitch + d.num_pitches - 1
+  ranges = config_lib.track_ranges(config) or tuple((d.lowest_pitch, top)
+                                                    for _ in range(d.num_tracks))
+  # A range is clipped to the piano-roll's rows: the data never holds notes outside them.
+  clipped = [(max(ranges[t][0], d.lowest_pitch), min(ranges[t][1], top)) for t in mono]
+  return voices_lib.VoiceLayout.from_pitches(mono, clipped, d.lowest_pitch, d.num_pitches)
+
+
+# --------------------------------------------------------------------------------------------
+# Masks: which cells of a training example are given.
+
+
+def draw_known(key: jax.Array, num: int, bars: int, steps: int, tracks: int,
+               shares: Sequence[float]) -> jax.Array:
+  """bool [num, bars * steps, tracks], True = given; one mask kind per example (MASK_KINDS)."""
+  t = bars * steps
+  k_kind, k_rate, k_cells, k_start, k_len, k_tracks = jax.random.split(key, 6)
+  p = jnp.asarray(shares, jnp.float32)
+  kind = jax.random.choice(k_kind, len(MASK_KINDS), [num], p=p / p.sum())
+  # cells: each hidden with an example's own rate (uniform), so few and many both occur
+  rate = jax.random.uniform(k_rate, [num, 1, 1])
+  cells = jax.random.uniform(k_cells, [num, t, tracks]) >= rate
+  # bars: a span of 1 .. bars // 2 bars in every track
+  length = jax.random.randint(k_len, [num], 1, max(bars // 2, 1) + 1)
+  start = jax.random.randint(k_start, [num], 0, bars - length + 1)
+  bar_of_step = jnp.arange(t) // steps
+  in_span = (bar_of_step[None] >= start[:, None]) & (bar_of_step[None] < (start + length)[:, None])
+  span = jnp.broadcast_to(~in_span[..., None], (num, t, tracks))
+  # voices: a random non-empty subset hidden, at least one track given when there are two
+  draws = jax.random.uniform(k_tracks, [num, tracks])
+  hide = draws < 0.5
+  if tracks > 1:
+    # None hidden: hide the lowest draw's track; all hidden: give the highest draw's.
+    lowest = jax.nn.one_hot(jnp.argmin(draws, -1), tracks, dtype=bool)
+    highest = jax.nn.one_hot(jnp.argmax(draws, -1), tracks, dtype=bool)
+    hide = jnp.where(hide.any(-1, keepdims=True), hide, lowest)
+    hide = jnp.where(hide.all(-1, keepdims=True), hide & ~highest, hide)
+  else:
+    hide = jnp.ones_like(hide)
+  subset = jnp.broadcast_to(~hide[:, None, :], (num, t, tracks))
+  none = jnp.zeros((num, t, tracks), bool)
+  options = jnp.stack([cells, span, subset, none])          # [kinds, num, t, tracks]
+  return jnp.take_along_axis(options, kind[None, :, None, None], 0)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# The engine: init, the jitted step and the Gibbs sampler for one config on one mesh.
+
+
+class VoiceEngine:
+  """The voices counterpart of `train.Engine`: the same members the loop, the sampler,
+  restoration and evaluation use."""
+
+  def __init__(self, config, mesh: Mesh, track_names: Sequence[str] = ()):
+    self.config = config
+    self.mesh = mesh
+    self.platform = mesh.devices.flat[0].platform
+    if self.platform == "cpu":
+      hostmem.keep_freed_memory()
+    self.compiler_options = runtime.compiler_options(self.platform)
+    self.data_shape = config_lib.data_shape(config)
+    self.layout = layout_of(config, track_names)
+    cc = config.conditioning
+    num_styles = len(tuple(cc.styles)) if cc.style else 0
+    if cc.style and not num_styles:
+      raise config_lib.ConfigError("conditioning.style is on but conditioning.styles is empty")
+    self.cond = {"context": True, "num_styles": num_styles}
+    self.conditional = True
+    m = model_config()
+    m.update(dict(config.model))
+    self.model_cfg = m
+    dtype = jnp.bfloat16 if m.dtype == "bfloat16" else None
+    self.generator = voicenet.VoiceGenerator(
+        layout=self.layout, data_shape=self.data_shape, features=m.features, layers=m.layers,
+        heads=m.heads, z_size=m.z_size, num_styles=num_styles, dtype=dtype)
+    self.adversarial = config.loss.adv_weight > 0
+    self.critic = voicenet.VoiceCritic(
+        layout=self.layout, data_shape=self.data_shape, features=m.critic_features,
+        layers=m.critic_layers, heads=m.heads, num_styles=num_styles, dtype=dtype)
+    self.latent_size = int(m.z_size)
+    self.g_tx = optim.make_optimizer(config.g_optim)
+    self.d_tx = optim.make_optimizer(config.d_optim)
+    self.g_lr = optim.learning_rate_fn(config.g_optim)
+    self.d_lr = optim.learning_rate_fn(config.d_optim)
+    self.abstract_state = jax.eval_shape(self._init, jax.random.PRNGKey(0))
+    self.state_sharding = shard_lib.state_shardings(
+        self.abstract_state, mesh, fsdp_min_size=config.train.fsdp_min_size)
+    self.init = self.jit(self._init, out_shardings=self.state_sharding)
+    self.step = self.jit(
+        self._train_step,
+        in_shardings=(self.state_sharding, shard_lib.batch(mesh, leading=1)),
+        out_shardings=(self.state_sharding, shard_lib.replicated(mesh)),
+        donate_argnums=0)
+
+  def jit(self, fn: Callable, **kwargs) -> Callable:
+    return jax.jit(fn, compiler_options=self.compiler_options, **kwargs)
+
+  @property
+  def num_tracks(self) -> int:
+    return self.data_shape[3]
+
+  @property
+  def steps(self) -> int:
+    return self.data_shape[1]
+
+  def empty_condition(self, key: jax.Array, num: int, bars: int | None = None
+                      ) -> dict[str, jax.Array]:
+    """Nothing given (random styles when the model has them)."""
+    bars = bars or self.data_shape[0]
+    _, steps, pitches, tracks = self.data_shape
+    cond = {"context": jnp.zeros((num, bars, steps, pitches, tracks), jnp.uint8),
+            "known": jnp.zeros((num, bars, steps, tracks), bool)}
+    if self.cond["num_styles"]:
+      cond["style"] = jax.random.randint(jax.random.fold_in(key, 1), [num], 0,
+                                         self.cond["num_styles"])
+    return cond
+
+  def _init(self, rng: jax.Array) -> State:
+    g_key, d_key, rng = jax.random.split(rng, 3)
+    cond = self.empty_condition(g_key, 1)
+    g_params = self.generator.init(g_key, jnp.zeros([1, self.latent_size]), cond)["params"]
+    state = {"step": jnp.zeros([], jnp.int32), "g": g_params, "g_stats": {},
+             "g_ema": jax.tree.map(jnp.copy, g_params), "g_opt": self.g_tx.init(g_params),
+             "rng": rng}
+    if self.adversarial:
+      style = jnp.zeros([1], jnp.int32) if self.cond["num_styles"] else None
+      d_params = self.critic.init(d_key, jnp.zeros((1,) + self.data_shape), style)["params"]
+      state.update(d=d_params, d_opt=self.d_tx.init(d_params))
+    return state
+
+  def abstract_with_shardings(self):
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        self.abstract_state, self.state_sharding)
+
+  def slope(self, step: jax.Array) -> jax.Array:
+    """The Gumbel-softmax inverse temperature at `step`: 1 -> gumbel_beta_max, geometrically."""
+    lc = self.config.loss
+    frac = jnp.minimum(step / max(lc.gumbel_anneal_steps, 1), 1.0)
+    return jnp.asarray(lc.gumbel_beta_max, jnp.float32) ** frac
+
+  # ------------------------------------------------------------------------------------------
+  # The step.
+
+  def _known_tracks(self, known: jax.Array) -> jax.Array:
+    """[B, T, tracks] -> [B, bars, steps, tracks]."""
+    b, t, tracks = known.shape
+    return known.reshape(b, t // self.steps, self.steps, tracks)
+
+  def _soft_piece(self, probs, poly_probs, roll) -> jax.Array:
+    """A piece in [-1, 1] for the critic: voices from class probabilities [B, T, V, C],
+    polyphonic tracks from on-probabilities (or the real cells)."""
+    shape = roll.shape
+    base = 2.0 * poly_probs - 1.0
+    return voices_lib.soft_roll(self.layout, probs, shape, base=base)
+
+  def _train_step(self, state: State, batch: dict[str, jax.Array]) -> tuple[State, dict]:
+    lc = self.config.loss
+    layout = self.layout
+    roll = batch["pianoroll"][0]
+    style = batch["style"][0].astype(jnp.int32)
+    b, bars, steps, _, tracks = roll.shape
+    rng, k_mask, k_z, k_gumbel, k_gp = jax.random.split(state["rng"], 5)
+    known = draw_known(k_mask, b, bars, steps, tracks, tuple(lc.mask_shares))
+    vtracks = list(layout.tracks)
+    vknown = known[..., vtracks]
+    classes, restrike = voices_lib.classes_from_roll(layout, roll)
+    # A restrike is a question only where a voice keeps the pitch of the step before.
+    prev = jnp.concatenate([jnp.full_like(classes[:, :1], -1), classes[:, :-1]], 1)
+    held = (classes == prev) & (classes != voices_lib.REST)
+    cond = {"context": roll, "known": self._known_tracks(known)}
+    if self.cond["num_styles"]:
+      cond["style"] = style
+    z = jax.random.normal(k_z, [b, self.latent_size], jnp.float32)
+    real_on = (roll > 0).astype(jnp.float32)
+    known_cells = known.reshape(b, bars, steps, 1, tracks)
+    poly_tracks = [t for t in range(tracks) if t not in layout.tracks]
+    beta = self.slope(state["step"])
+    d_style = style if self.cond["num_styles"] else None
+
+    def fake_piece(out):
+      probs = voices_lib.gumbel_softmax(k_gumbel, out["logits"], beta)
+      probs = jnp.where(vknown[..., None], jax.nn.one_hot(classes, layout.num_classes), probs)
+      poly = jnp.where(known_cells, real_on, jax.nn.sigmoid(out["poly"]))
+      return self._soft_piece(probs, poly, roll)
+
+    def g_loss_fn(g):
+      out = self.generator.apply({"params": g}, z, cond)
+      ce, ce_cell = voices_lib.masked_cross_entropy(out["logits"], classes, ~vknown)
+      hidden_held = (~vknown & held).astype(jnp.float32)
+      restrike_bce = (optax.sigmoid_binary_cross_entropy(out["restrike"],
+                                                         restrike.astype(jnp.float32))
+                      * hidden_held).sum() / jnp.maximum(hidden_held.sum(), 1.0)
+      loss = lc.recon_weight * (ce + restrike_bce)
+      aux = dict(ce=ce, ce_cell=ce_cell, restrike_bce=restrike_bce)
+      if poly_tracks:
+        hidden_poly = jnp.broadcast_to(~known_cells, roll.shape)[..., poly_tracks]
+        bce = optax.sigmoid_binary_cross_entropy(out["poly"][..., poly_tracks],
+                                                 real_on[..., poly_tracks])
+        h = hidden_poly.astype(jnp.float32)
+        poly_bce = (bce * h).sum() / jnp.maximum(h.sum(), 1.0)
+        loss = loss + lc.recon_weight * poly_bce
+        aux["poly_bce"] = poly_bce
+      # How the model's most likely fill sounds: rest share of its argmax on hidden cells.
+      hidden = (~vknown).astype(jnp.float32)
+      rest = (jnp.argmax(out["logits"], -1) == voices_lib.REST).astype(jnp.float32)
+      aux["pred_rest_share"] = (rest * hidden).sum() / jnp.maximum(hidden.sum(), 1.0)
+      aux["true_rest_share"] = ((classes == voices_lib.REST) * hidden).sum() / jnp.maximum(
+          hidden.sum(), 1.0)
+      fake = None
+      if self.adversarial:
+        fake = fake_piece(out)
+        g_adv = losses.g_loss(lc.kind, self.critic.apply({"params": state["d"]}, fake, d_style))
+        loss = loss + lc.adv_weight * g_adv
+        aux["g_adv"] = g_adv
+      return loss, (aux, fake)
+
+    (g_loss, (metrics, fake)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state["g"])
+    updates, g_opt = self.g_tx.update(g_grads, state["g_opt"], state["g"])
+    g_params = optax.apply_updates(state["g"], updates)
+    new_state = dict(step=state["step"] + 1, g=g_params, g_stats={},
+                     g_ema=optim.ema_update(state["g_ema"], g_params,
+                                            self.config.train.ema_decay),
+                     g_opt=g_opt, rng=rng)
+    if self.adversarial:
+      # The critic judges the given cells and the generated ones together; real pieces are
+      # the data's one-hot voices.
+      real = self._soft_piece(jax.nn.one_hot(classes, layout.num_classes), real_on, roll)
+      fake = jax.lax.stop_gradient(fake)
+
+      def d_loss_fn(d):
+        d_fn = lambda x: self.critic.apply({"params": d}, x, d_style)  # noqa: E731
+        real_logits, fake_logits = d_fn(real), d_fn(fake)
+        loss = losses.d_loss(lc.kind, real_logits, fake_logits)
+        gp = r1 = jnp.zeros([], jnp.float32)
+        if lc.gp_weight > 0:
+          gp = losses.gradient_penalty(d_fn, real, fake, k_gp)
+          loss = loss + lc.gp_weight * gp
+        if lc.r1_gamma > 0:
+          r1 = losses.r1_penalty(d_fn, real)
+          loss = loss + lc.r1_gamma * r1
+        return loss, dict(d_loss=loss, gp=gp, r1=r1, d_real=real_logits.mean(),
+                          d_fake=fake_logits.mean())
+
+      d_grads, d_metrics = jax.grad(d_loss_fn, has_aux=True)(state["d"])
+      d_updates, d_opt = self.d_tx.update(d_grads, state["d_opt"], state["d"])
+      new_state.update(d=optax.apply_updates(state["d"], d_updates), d_opt=d_opt)
+      metrics.update(d_metrics, d_grad_norm=optax.tree_utils.tree_norm(d_grads),
+                     lr_d=self.d_lr(state["step"]))
+    metrics.update(g_loss=g_loss, g_grad_norm=optax.tree_utils.tree_norm(g_grads),
+                   slope=beta, lr_g=self.g_lr(state["step"]))
+    return new_state, metrics
+
+  # ------------------------------------------------------------------------------------------
+  # Sampling: blocked Gibbs over the cells not given.
+
+  def _condition_parts(self, cond, num: int, bars: int):
+    """(context uint8 roll, known bool [B, T, tracks], style) from a condition in any of the
+    forms the callers use: None, bar-level or step-level `known`, bool/float/uint8 context."""
+    _, steps, pitches, tracks = self.data_shape
+    if cond is None:
+      cond = self.empty_condition(jax.random.PRNGKey(0), num, bars)
+    context = cond["context"]
+    if context.dtype != jnp.uint8:   # bool, or floats in [-1, 1] (> 0 = sounding)
+      context = (context > 0).astype(jnp.uint8)
+    known = jnp.asarray(cond["known"], bool)
+    if known.ndim == 3:              # [B, bars, tracks]: whole bars given or hidden
+      known = jnp.broadcast_to(known[:, :, None, :], (num, bars, steps, tracks))
+    return context, known.reshape(num, bars * steps, tracks), cond.get("style")
+
+  def gibbs(self, params, z: jax.Array, key: jax.Array, cond=None, *,
+            rounds: int | None = None, temperature: float | jax.Array | None = None
+            ) -> jax.Array:
+    """uint8 piano-rolls (0/1/2) [B, bars, steps, pitches, tracks]: the given cells of `cond`
+    kept, every other cell drawn by blocked Gibbs sampling (see the module docstring)."""
+    m = self.model_cfg
+    rounds = m.gibbs_rounds if rounds is None else rounds
+    temperature = m.temperature if temperature is None else temperature
+    num = z.shape[0]
+    bars = (cond["context"].shape[1] if cond is not None else self.data_shape[0])
+    context, known, style = self._condition_parts(cond, num, bars)
+    layout = self.layout
+    vknown = known[..., list(layout.tracks)]
+    shape = context.shape
+    given_classes, given_restrike = voices_lib.classes_from_roll(layout, context)
+    poly_tracks = [t for t in range(shape[-1]) if t not in layout.tracks]
+    known_cells = known.reshape(num, bars, shape[2], 1, shape[-1])
+
+    def predict(classes, restrike, poly_on, visible):
+      roll = voices_lib.roll_from_classes(layout, classes, restrike, shape,
+                                          base=jnp.where(poly_on, 1, 0).astype(jnp.uint8))
+      vis_tracks = jnp.zeros(known.shape, bool).at[..., list(layout.tracks)].set(visible)
+      for t in poly_tracks:
+        vis_tracks = vis_tracks.at[..., t].set(known[..., t])
+      c = {"context": roll, "known": self._known_tracks(vis_tracks)}
+      if style is not None:
+        c["style"] = style
+      return self.generator.apply({"params": params}, z, c)
+
+    def draw(out, k, redraw, classes, restrike, poly_on):
+      k1, k2, k3 = jax.random.split(k, 3)
+      new = jax.random.categorical(k1, out["logits"] / temperature)
+      classes = jnp.where(redraw, new, classes)
+      strike = jax.random.bernoulli(k2, jax.nn.sigmoid(out["restrike"]))
+      restrike = jnp.where(redraw, strike, restrike)
+      if poly_tracks:
+        on = jax.random.bernoulli(k3, jax.nn.sigmoid(out["poly"] / temperature))
+        poly_on = jnp.where(known_cells, poly_on, on)
+      return classes, restrike, poly_on
+
+    free = ~vknown
+    classes = jnp.where(vknown, given_classes, voices_lib.REST)
+    restrike = given_restrike & vknown
+    poly_on = jnp.where(known_cells, context > 0, False)
+    k0, key = jax.random.split(key)
+    out = predict(classes, restrike, poly_on, vknown)
+    classes, restrike, poly_on = draw(out, k0, free, classes, restrike, poly_on)
+
+    def body(i, carry):
+      classes, restrike, poly_on = carry
+      k = jax.random.fold_in(key, i)
+      frac = i / jnp.maximum(m.gibbs_anneal * rounds, 1.0)
+      pm = jnp.maximum(m.gibbs_pmin, m.gibbs_pmax - (m.gibbs_pmax - m.gibbs_pmin) * frac)
+      redraw = free & (jax.random.uniform(jax.random.fold_in(k, 1), free.shape) < pm)
+      out = predict(classes, restrike, poly_on, ~redraw)
+      return draw(out, k, redraw, classes, restrike, poly_on)
+
+    classes, restrike, poly_on = jax.lax.fori_loop(0, rounds, body, (classes, restrike, poly_on))
+    base = jnp.where(poly_on, 1, 0).astype(jnp.uint8)
+    return voices_lib.roll_from_classes(layout, classes, restrike, shape, base=base)
+
+  def rolls(self, g_params, g_stats, z, key, *, slope=None, cond=None) -> jax.Array:
+    """Boolean piano-rolls, as `train.Engine.rolls` gives them (see `gibbs`)."""
+    del g_stats, slope
+    return self.gibbs(g_params, z, key, cond) > 0
+
+  def generate(self, g_params, g_stats, z, key, *, train: bool = False, slope=None, cond=None,
+               binarize: str | None = None):
+    """(piano-roll in [-1, 1], stats): the sampler's output as the MuseGAN engines give it."""
+    del train, binarize
+    return jnp.where(self.rolls(g_params, g_stats, z, key, cond=cond), 1.0, -1.0), g_stats
+
+  @functools.cached_property
+  def sample_ema(self) -> Callable[[State, jax.Array, int], jax.Array]:
+    """(state, key, num) -> bool piano-rolls of the EMA generator, nothing given."""
+
+    @self.jit
+    def draw(state, key, cond):
+      kz, kb = jax.random.split(key)
+      z = jax.random.normal(kz, [cond["known"].shape[0], self.latent_size], jnp.float32)
+      return self.rolls(state["g_ema"], None, z, kb, cond=cond)
+
+    def sample(state, key, num):
+      # The empty condition is an argument, not a constant: XLA would spend seconds folding
+      # the sampler's first steps over a constant roll.
+      return draw(state, key, self.empty_condition(key, num))
+
+    return sample
+
+  # ------------------------------------------------------------------------------------------
+  # Held-out likelihood: what the periodic evaluation and `jaxgan eval` report.
+
+  @functools.cached_property
+  def masked_nll(self) -> Callable:
+    """(params, rolls uint8 [B, ...], known bool [B, T, tracks], z) -> (NLL per hidden voice
+    cell, in nats, summed over the batch; number of hidden voice cells)."""
+
+    @self.jit
+    def nll(params, roll, known, z):
+      layout = self.layout
+      classes, _ = voices_lib.classes_from_roll(layout, roll)
+      cond = {"context": roll, "known": self._known_tracks(known)}
+      out = self.generator.apply({"params": params}, z, cond)
+      logp = jax.nn.log_softmax(out["logits"], -1)
+      cell = -jnp.take_along_axis(logp, classes[..., None], -1)[..., 0]
+      hidden = (~known[..., list(layout.tracks)]).astype(jnp.float32)
+      return (cell * hidden).sum(), hidden.sum()
+
+    return nll
+
+
+def evaluation(config, windows: np.ndarray | None) -> Callable[[VoiceEngine, State], dict]:
+  """The periodic evaluation of a voices run: per voice the rest share and notes per bar of
+  EMA samples (beside the data's), and the held-out NLL per hidden cell of four masks."""
+  from jaxgan import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
+  from jaxgan import voice_metrics  # pylint: disable=import-outside-toplevel
+  d = config.data
+  spec = metrics_lib.RollSpec(steps_per_beat=d.steps_per_beat, lowest_pitch=d.lowest_pitch,
+                              track_names=tuple(f"track{i}" for i in range(d.num_tracks)))
+  reference = None
+  if windows is not None and len(windows):
+    reference = voice_metrics.statistics(voice_metrics.from_rolls(np.asarray(windows), spec))
+
+  def evaluate(engine: VoiceEngine, state: State) -> dict[str, float]:
+    num = min(int(config.train.eval_num), 64)
+    rolls = np.asarray(jax.device_get(engine.sample_ema(state, jax.random.PRNGKey(0), num)))
+    stats = voice_metrics.statistics(voice_metrics.from_rolls(rolls, spec))
+    out = {}
+    for name in ("rest_share", "notes_per_bar", "pitches_per_step"):
+      for v, value in enumerate(np.asarray(stats[name], float)):
+        if np.isfinite(value):
+          out[f"eval/{name}/voice{v}"] = float(value)
+      if reference is not None and name != "pitches_per_step":
+        gen, ref = np.asarray(stats[name], float), np.asarray(reference[name], float)
+        ok = np.isfinite(gen) & np.isfinite(ref)
+        if ok.any():
+          out[f"eval/gap/{name}"] = float(np.mean(np.abs(gen[ok] - ref[ok])
+                                                  / np.maximum(np.abs(ref[ok]), 0.05)))
+    if windows is not None and len(windows):
+      out.update(heldout_nll(engine, state["g_ema"], windows))
+    return out
+
+  return evaluate
+
+
+def heldout_nll(engine: VoiceEngine, params, windows: np.ndarray, *, batch: int = 32,
+                seed: int = 0) -> dict[str, float]:
+  """NLL per hidden voice cell (nats) of real windows under each mask kind alone, with fixed
+  masks (seeded), the same for every checkpoint: eval/nll/<kind> and their mean eval/nll."""
+  windows = np.asarray(windows)
+  n = len(windows) - len(windows) % batch or len(windows)
+  b, bars, steps, _, tracks = windows[:n].shape
+  out = {}
+  for i, kind in enumerate(MASK_KINDS):
+    shares = [0.0] * len(MASK_KINDS)
+    shares[i] = 1.0
+    total, count = 0.0, 0.0
+    for start in range(0, n, batch):
+      roll = jnp.asarray(windows[start:start + batch])
+      k = jax.random.fold_in(jax.random.PRNGKey(seed), start * 10 + i)
+      known = draw_known(k, roll.shape[0], bars, steps, tracks, shares)
+      z = jax.random.normal(jax.random.fold_in(k, 1), [roll.shape[0], engine.latent_size])
+      s, c = engine.masked_nll(params, roll, known, z)
+      total, count = total + float(s), count + float(c)
+    out[f"eval/nll/{kind}"] = total / max(count, 1.0)
+  out["eval/nll"] = float(np.mean([out[f"eval/nll/{k}"] for k in MASK_KINDS]))
+  return out
