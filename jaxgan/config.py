@@ -82,6 +82,7 @@ def base_config() -> ConfigDict:
   # model.arch="voices" only (jaxgan/voicegan.py): the loss mix and the training masks.
   c.loss.recon_weight = 1.0          # cross-entropy on the hidden cells
   c.loss.adv_weight = 0.0            # adversarial term (0 = no critic at all)
+  c.loss.critic_input = "gumbel"     # the critic reads a Gumbel-softmax sample, or "softmax"
   c.loss.gumbel_beta_max = 100.0     # straight-through Gumbel-softmax: inverse temperature
   c.loss.gumbel_anneal_steps = 10_000  # rises 1 -> beta_max geometrically over these steps
   c.loss.mask_shares = (0.4, 0.3, 0.2, 0.1)  # cells, bars, voices, all: mask kinds per example

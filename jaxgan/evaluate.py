@@ -38,8 +38,13 @@ def _merged(rolls, spec) -> dict[str, np.ndarray]:
 
 
 def evaluate(gen, *, split: str = "test", num: int = 256, seed: int = 0) -> dict[str, Any]:
-  """Metrics of `num` EMA samples vs `num` real windows of `split`, and set-level OA/KL."""
+  """Metrics of `num` EMA samples vs `num` real windows of `split`, and set-level OA/KL.
+
+  A voices model (model.arch="voices") gets `evaluate_voices` instead.
+  """
   from jaxgan import sample  # pylint: disable=import-outside-toplevel
+  if gen.is_voice_model:
+    return evaluate_voices(gen, split=split, num=num, seed=seed)
   spec = roll_spec(gen)
   generated = sample.sample(gen, jax.random.PRNGKey(seed), num)
   real = real_windows(gen.config, split, num)
@@ -61,3 +66,98 @@ def write_json(result: dict[str, Any], path: str) -> None:
   with open(path, "w") as f:
     json.dump({k: v for k, v in result.items() if k != "table"}, f, indent=2,
               default=lambda x: None if x != x else float(x))
+
+
+# --------------------------------------------------------------------------------------------
+# Voices models: the chorale measures (jaxgan/voice_metrics.py) on a held-out split.
+
+
+def split_windows(config, split: str, *, bars: int | None = None) -> np.ndarray:
+  """Every window of `bars` bars (default: the run's) of `split`, not overlapping, in order."""
+  config = config.copy_and_resolve_references()
+  config.data.n_bars = bars or config.data.n_bars
+  config.data.hop_bars = config.data.n_bars
+  return real_windows(config, split, 10 ** 6)
+
+
+def fill_windows(gen, windows: np.ndarray, known: np.ndarray, key: jax.Array, *,
+                 batch: int = 64, temperature: float | None = None) -> np.ndarray:
+  """uint8 rolls: `windows` with the cells not `known` (bool [N, T, tracks]) redrawn by the
+  voices model's Gibbs sampler; known cells come back unchanged."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  engine = gen.engine
+  temperature = engine.model_cfg.temperature if temperature is None else temperature
+  n, bars, steps, _, tracks = windows.shape
+  out = []
+  for start in range(0, n, batch):
+    roll = windows[start:start + batch]
+    size = len(roll)
+    pad = batch - size if n > batch else 0   # one compiled shape for every batch
+    roll_p = np.concatenate([roll, np.zeros((pad,) + roll.shape[1:], roll.dtype)])
+    kn = known[start:start + batch].reshape(size, bars, steps, tracks)
+    kn_p = np.concatenate([kn, np.ones((pad,) + kn.shape[1:], bool)])
+    k = jax.random.fold_in(key, start)
+    z = jax.random.normal(k, [len(roll_p), engine.latent_size])
+    filled = engine.fill_jit(gen.variables["params"], z, jax.random.fold_in(k, 1),
+                             {"context": jnp.asarray(roll_p), "known": jnp.asarray(kn_p)},
+                             jnp.float32(temperature))
+    out.append(np.asarray(jax.device_get(filled))[:size])
+  return np.concatenate(out)
+
+
+def evaluate_voices(gen, *, split: str = "test", num: int = 64, seed: int = 0,
+                    restoration: bool = True, accompaniment: bool = True) -> dict[str, Any]:
+  """The chorale figures of a voices model against the held-out `split`:
+
+  - "report": `num` free samples of the run's window length vs every window of the split
+    (voice_metrics.report: statistics, overlapping areas, voice leading, targets);
+  - "nll": NLL per hidden voice cell (nats) under each mask kind (voicegan.MASK_KINDS);
+  - "restoration": 2 consecutive bars hidden in every voice at a random position of each
+    window (never the first bar), filled by the model, beside the baselines;
+  - "accompaniment": soprano given, alto/tenor/bass generated.
+  Onsets are compared at pitch changes: the standard split cannot mark repeated notes.
+  """
+  from jaxgan import sample, voicegan, voice_metrics  # pylint: disable=import-outside-toplevel
+  spec = roll_spec(gen)
+  key = jax.random.PRNGKey(seed)
+  real = split_windows(gen.config, split)
+  generated = sample.sample(gen, key, num)
+  result: dict[str, Any] = {"step": gen.step, "split": split, "num_generated": int(num),
+                            "num_real": int(len(real))}
+  if not len(real):
+    result["table"] = f"no {split} windows: nothing to compare with"
+    return result
+  report = voice_metrics.report(generated, real, spec=spec, onsets_at_changes=True, seed=seed)
+  result["report"] = {k: v for k, v in report.items() if k != "table"}
+  tables = [f"free samples ({num}) vs {len(real)} {split} windows of Bach:", report["table"]]
+  nll = voicegan.heldout_nll(gen.engine, gen.variables["params"], real, seed=seed)
+  result["nll"] = nll
+  tables.append("NLL per hidden voice cell (nats), mask kinds: " + ", ".join(
+      f"{k.split('/')[-1]} {v:.3f}" for k, v in nll.items()))
+  truth = voice_metrics.from_rolls(real, spec)
+  n, bars, steps, _, tracks = real.shape
+  if restoration and bars >= 3:
+    hidden = voice_metrics.bar_span_mask(n, bars, steps, tracks, span=2, seed=seed, first=1)
+    filled = fill_windows(gen, real, ~hidden, jax.random.fold_in(key, 1))
+    rest = voice_metrics.restoration_report(
+        truth, {"model (Gibbs)": voice_metrics.from_rolls(filled, spec)}, hidden,
+        onsets_at_changes=True)
+    result["restoration"] = {k: v for k, v in rest.items() if k != "table"}
+    tables += ["restoration: 2 bars hidden in every voice, per hidden cell:", rest["table"]]
+  if accompaniment and tracks > 1:
+    known = np.zeros((n, bars * steps, tracks), bool)
+    known[..., 0] = True
+    filled = fill_windows(gen, real, known, jax.random.fold_in(key, 2))
+    acc = voice_metrics.accompaniment_scores(truth, voice_metrics.from_rolls(filled, spec),
+                                             given=(0,))
+    result["accompaniment"] = acc
+    ref_vl = voice_metrics.voice_leading(truth)
+    lines = [f"accompaniment: {tracks - 1} voices written under Bach's soprano; Bach's bass pitch "
+             f"class in the generated chord {100 * acc['bass_pc_in_chord']:.1f} %, in the "
+             f"generated bass {100 * acc['bass_pc_equal']:.1f} %",
+             "  rule                 model    Bach   (per voice-pair transition, %)"]
+    for rule, rate in acc["voice_leading"].items():
+      lines.append(f"  {rule:<20} {100 * rate:6.2f}  {100 * ref_vl[rule]['rate']:6.2f}")
+    tables.append("\n".join(lines))
+  result["table"] = "\n\n".join(tables)
+  return result

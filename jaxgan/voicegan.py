@@ -13,8 +13,10 @@ a span of bars in every voice (restoration), a subset of the voices for the whol
 the hidden cells of the voices, each example's sum divided by its number of hidden cells, plus
 binary cross-entropy on hidden polyphonic cells, plus, with `loss.adv_weight > 0`, the
 adversarial loss of a critic (models/voicenet.VoiceCritic) that reads the given cells and the
-generated ones together: the generated classes are a straight-through Gumbel-softmax sample whose
-inverse temperature rises from 1 to `loss.gumbel_beta_max` over `loss.gumbel_anneal_steps`.
+generated ones together. The critic reads the generated classes as a straight-through
+Gumbel-softmax sample whose inverse temperature rises from 1 to `loss.gumbel_beta_max` over
+`loss.gumbel_anneal_steps` (`loss.critic_input="gumbel"`), or as the softmax probabilities
+themselves ("softmax").
 
 Sampling (`VoiceEngine.rolls`): blocked Gibbs sampling as Coconet does it. The first round draws
 every hidden cell from the prediction with all of them hidden; each later round hides again a
@@ -45,6 +47,7 @@ from jaxgan.models import voices as voices_lib
 
 State = dict[str, Any]
 MASK_KINDS = ("cells", "bars", "voices", "all")
+CRITIC_INPUTS = ("gumbel", "softmax")
 
 
 def is_voice_model(config) -> bool:
@@ -108,6 +111,9 @@ def check_config(config) -> None:
   if not lc.recon_weight + lc.adv_weight > 0:
     raise config_lib.ConfigError("loss.recon_weight and loss.adv_weight are both 0: nothing "
                                  "to learn")
+  if lc.critic_input not in CRITIC_INPUTS:
+    raise config_lib.ConfigError(f"loss.critic_input={lc.critic_input!r} is not one of "
+                                 f"{CRITIC_INPUTS}")
   if not lc.gumbel_beta_max >= 1:
     raise config_lib.ConfigError(f"loss.gumbel_beta_max={lc.gumbel_beta_max!r} must be >= 1")
   if config.conditioning.infill or config.conditioning.accompany:
@@ -300,7 +306,10 @@ class VoiceEngine:
     d_style = style if self.cond["num_styles"] else None
 
     def fake_piece(out):
-      probs = voices_lib.gumbel_softmax(k_gumbel, out["logits"], beta)
+      if lc.critic_input == "softmax":   # the WGAN-GP language-model recipe
+        probs = jax.nn.softmax(out["logits"], -1)
+      else:                              # a straight-through Gumbel-softmax sample
+        probs = voices_lib.gumbel_softmax(k_gumbel, out["logits"], beta)
       probs = jnp.where(vknown[..., None], jax.nn.one_hot(classes, layout.num_classes), probs)
       poly = jnp.where(known_cells, real_on, jax.nn.sigmoid(out["poly"]))
       return self._soft_piece(probs, poly, roll)
@@ -477,6 +486,17 @@ class VoiceEngine:
       return draw(state, key, self.empty_condition(key, num))
 
     return sample
+
+  @functools.cached_property
+  def fill_jit(self) -> Callable:
+    """Jitted (params, z, key, cond, temperature) -> uint8 rolls: `gibbs` with a given
+    condition (restoration, accompaniment, evaluation)."""
+
+    @self.jit
+    def fill(params, z, key, cond, temperature):
+      return self.gibbs(params, z, key, cond, temperature=temperature)
+
+    return fill
 
   # ------------------------------------------------------------------------------------------
   # Held-out likelihood: what the periodic evaluation and `jaxgan eval` report.

@@ -1,0 +1,252 @@
+"""The voices model (jaxgan/voicegan.py): training masks, one pitch per voice in every sample,
+fills that keep what is given, learning, generator export and the shipped chorale model."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgan import cli
+from jaxgan import config as config_lib
+from jaxgan import sample as sample_lib
+from jaxgan import sharding, train, voice_metrics, voicegan
+from jaxgan.models import voices as voices_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "tiny_voices.py")
+CHORALE = os.path.join(ROOT, "configs", "jsb_chorale.py")
+
+
+def tiny(*overrides: str):
+  return config_lib.load_config(TINY, list(overrides))
+
+
+@pytest.fixture(scope="module")
+def engine_state():
+  engine = voicegan.VoiceEngine(tiny(), sharding.make_mesh(devices=jax.devices()[:1]))
+  return engine, engine.init(jax.random.PRNGKey(0))
+
+
+# --- masks ---------------------------------------------------------------------------------
+
+
+def _only(kind: str) -> list[float]:
+  return [1.0 if k == kind else 0.0 for k in voicegan.MASK_KINDS]
+
+
+def test_each_mask_kind_hides_what_it_says():
+  num, bars, steps, tracks = 256, 4, 8, 3
+  key = jax.random.PRNGKey(3)
+  known = {k: np.asarray(voicegan.draw_known(key, num, bars, steps, tracks, _only(k)))
+           for k in voicegan.MASK_KINDS}
+  assert not known["all"].any()
+  # bars: 1 .. bars // 2 whole bars hidden in every track, one span, never the whole window
+  by_bar = known["bars"].reshape(num, bars, steps, tracks)
+  assert (by_bar == by_bar[:, :, :1, :1]).all()
+  hidden_bars = ~by_bar[:, :, 0, 0]
+  counts = hidden_bars.sum(1)
+  assert counts.min() == 1 and counts.max() == bars // 2
+  for row in hidden_bars:
+    idx = np.flatnonzero(row)
+    assert (np.diff(idx) == 1).all()
+  # voices: whole tracks, some hidden and some given in every example
+  per_track = known["voices"]
+  assert (per_track == per_track[:, :1]).all()
+  hidden_tracks = ~per_track[:, 0]
+  assert hidden_tracks.any(1).all() and (~hidden_tracks).any(1).all()
+  # cells: each example its own rate, from almost nothing to almost everything hidden
+  share = 1 - known["cells"].mean((1, 2))
+  assert share.min() < 0.15 and share.max() > 0.85 and share.std() > 0.2
+
+
+def test_mask_kinds_come_in_their_shares():
+  known = np.asarray(voicegan.draw_known(jax.random.PRNGKey(0), 4000, 4, 8, 2,
+                                         (0.0, 0.0, 0.75, 0.25)))
+  all_hidden = (~known).all((1, 2)).mean()
+  assert abs(all_hidden - 0.25) < 0.03
+
+
+# --- config --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override, key", [
+    ("--config.data.mono_tracks=()", "data.mono_tracks"),
+    ("--config.loss.mask_shares=(1.0, 0.0)", "loss.mask_shares"),
+    ("--config.model.gibbs_pmax=1.5", "model.gibbs_pmax"),
+    ("--config.model.temperature=0.0", "model.temperature"),
+    ("--config.conditioning.infill=0.5", "conditioning.infill"),
+    ("--config.loss.critic_input=logits", "loss.critic_input"),
+])
+def test_bad_voices_config_fails_naming_the_key(override, key):
+  with pytest.raises(config_lib.ConfigError, match=key.replace(".", r"\.")):
+    tiny(override)
+
+
+def test_unknown_model_key_is_refused():
+  config = tiny()
+  config.model.unlock()
+  config.model.chanels = 3
+  with pytest.raises(config_lib.ConfigError, match="chanels"):
+    config_lib.validate(config)
+
+
+# --- sampling --------------------------------------------------------------------------------
+
+
+def _voice_columns(engine, rolls):
+  lo = engine.config.data.lowest_pitch
+  for v, (t, (low, high)) in enumerate(zip(engine.layout.tracks, engine.layout.ranges)):
+    col = np.asarray(rolls)[..., t] > 0
+    yield v, col, lo + low, lo + high
+
+
+def test_every_voice_sings_one_pitch_at_a_time_in_every_sample(engine_state):
+  engine, state = engine_state
+  for seed in range(4):
+    key = jax.random.PRNGKey(seed)
+    rolls = engine.sample_ema(state, key, 16)
+    assert rolls.shape == (16,) + engine.data_shape
+    for _, col, _, _ in _voice_columns(engine, rolls):
+      assert col.sum(-1).max() <= 1
+  # Longer pieces than the training window (the model reads any length).
+  gen = sample_lib.Generator(config=engine.config, engine=engine, variables={
+      "params": state["g_ema"], "batch_stats": {}}, step=0,
+      tracks=sample_lib._tracks_for(engine.config))  # pylint: disable=protected-access
+  long = sample_lib.sample(gen, jax.random.PRNGKey(9), 4, bars=5)
+  assert long.shape[:2] == (4, 5)
+  for _, col, _, _ in _voice_columns(engine, long):
+    assert col.sum(-1).max() <= 1
+
+
+def test_a_fill_keeps_every_given_cell(engine_state):
+  engine, state = engine_state
+  layout = engine.layout
+  b, (bars, steps, pitches, tracks) = 8, engine.data_shape
+  key = jax.random.PRNGKey(1)
+  classes = jax.random.randint(key, (b, bars * steps, layout.num_voices), 0, layout.num_classes)
+  strike = jax.random.bernoulli(jax.random.fold_in(key, 1), 0.3, classes.shape)
+  roll = voices_lib.roll_from_classes(layout, classes, strike, (b, bars, steps, pitches, tracks))
+  known = jax.random.bernoulli(jax.random.fold_in(key, 2), 0.5, (b, bars, steps, tracks))
+  z = jax.random.normal(key, (b, engine.latent_size))
+  filled = engine.fill_jit(state["g"], z, key, {"context": roll, "known": known},
+                           jnp.float32(1.0))
+  got, got_strike = voices_lib.classes_from_roll(layout, filled)
+  want, want_strike = voices_lib.classes_from_roll(layout, roll)
+  given = np.asarray(known).reshape(b, bars * steps, tracks)[..., list(layout.tracks)]
+  np.testing.assert_array_equal(np.asarray(got)[given], np.asarray(want)[given])
+  # and the hidden cells were really drawn: not all left at their old value
+  assert (np.asarray(got)[~given] != np.asarray(want)[~given]).any()
+  del got_strike, want_strike
+
+
+# --- training -------------------------------------------------------------------------------
+
+
+def test_training_lowers_the_heldout_nll(tmp_path):
+  from jaxgan import evaluate  # pylint: disable=import-outside-toplevel
+  config = tiny("--config.train.num_steps=150", "--config.train.ckpt_every=150",
+                "--config.train.log_every=50")
+  windows = evaluate.real_windows(config, "train", 64)
+  engine = voicegan.VoiceEngine(config, sharding.make_mesh(devices=jax.devices()[:1]))
+  before = voicegan.heldout_nll(engine, engine.init(jax.random.PRNGKey(0))["g"], windows)
+  state = train.train_and_evaluate(config, str(tmp_path / "run"), progress=False)
+  after = voicegan.heldout_nll(engine, jax.device_get(state["g"]), windows)
+  assert after["eval/nll"] < 0.6 * before["eval/nll"], (before, after)
+  for kind in voicegan.MASK_KINDS:
+    assert after[f"eval/nll/{kind}"] < before[f"eval/nll/{kind}"]
+
+
+@pytest.mark.parametrize("critic_input", voicegan.CRITIC_INPUTS)
+def test_adversarial_step_updates_the_critic(critic_input):
+  config = tiny("--config.loss.adv_weight=0.5", "--config.loss.kind=hinge",
+                "--config.loss.gp_weight=0.0", "--config.loss.r1_gamma=1.0",
+                f"--config.loss.critic_input={critic_input}")
+  engine = voicegan.VoiceEngine(config, sharding.make_mesh(devices=jax.devices()[:1]))
+  state = engine.init(jax.random.PRNGKey(0))
+  d_before = jax.device_get(state["d"])
+  from jaxgan.data import pipeline  # pylint: disable=import-outside-toplevel
+  batch = next(pipeline.train_iterator(config, engine.mesh))
+  state, metrics = engine.step(state, batch)
+  metrics = jax.device_get(metrics)
+  for name in ("g_adv", "d_loss", "ce", "r1"):
+    assert np.isfinite(metrics[name]), name
+  changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
+                         d_before, jax.device_get(state["d"]))
+  assert all(jax.tree.leaves(changed))
+
+
+# --- export and the shipped model ----------------------------------------------------------------
+
+
+def test_export_loads_without_training_state_and_samples_the_same(tmp_path):
+  workdir = str(tmp_path / "run")
+  assert cli.main(["train", "--config", TINY, "--workdir", workdir, "--quiet",
+                   "--config.train.num_steps=5", "--config.train.ckpt_every=5"]) == 0
+  out = str(tmp_path / "export")
+  assert cli.main(["export", "--workdir", workdir, "--out", out, "--dtype", "float32"]) == 0
+  assert sorted(os.listdir(out)) == ["config.json", "export.json", "generator.msgpack"]
+  full = sample_lib.Generator.from_workdir(workdir)
+  alone = sample_lib.Generator.from_workdir(out)
+  assert alone.step == full.step == 5
+  a = sample_lib.sample(full, jax.random.PRNGKey(4), 3)
+  b = sample_lib.sample(alone, jax.random.PRNGKey(4), 3)
+  np.testing.assert_array_equal(a, b)
+  # A damaged weights file is refused with its name.
+  with open(os.path.join(out, "generator.msgpack"), "r+b") as f:
+    f.truncate(100)
+  with pytest.raises(ValueError, match="generator.msgpack"):
+    sample_lib.Generator.from_workdir(out)
+
+
+def test_missing_workdir_is_one_line(tmp_path, capsys):
+  code = cli.main(["sample", "--workdir", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
+  assert code == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "no such workdir" in err[0] and "jaxgan train" in err[0]
+
+
+def _first_test_chorale(bars: int) -> np.ndarray:
+  from jaxgan.data import standard  # pylint: disable=import-outside-toplevel
+  frames = standard.load_chorales()["test"][0][:bars * 16]
+  return frames
+
+
+def test_the_shipped_chorale_model_samples_restores_and_accompanies(tmp_path):
+  gen = sample_lib.Generator.from_export(sample_lib.pretrained_path("jsb"))
+  assert gen.is_voice_model and [t.name for t in gen.tracks] == ["soprano", "alto", "tenor",
+                                                                  "bass"]
+  rolls = sample_lib.sample(gen, jax.random.PRNGKey(0), 4, bars=4)
+  spec = voice_metrics.metrics_lib.RollSpec(steps_per_beat=4, lowest_pitch=24,
+                                            track_names=("s", "a", "t", "b"))
+  voices = voice_metrics.from_rolls(rolls, spec)
+  stats = voice_metrics.statistics(voices)
+  assert np.allclose(stats["pitches_per_step"], 1.0)
+  assert (np.asarray(stats["rest_share"]) < 0.5).all()      # no silent voice
+  # Restoration of bars 3-4 of a test chorale: every other note comes back unchanged.
+  frames = _first_test_chorale(6)
+  real = voice_metrics.to_rolls(
+      voice_metrics.from_pitches(frames[None], steps_per_beat=4, steps_per_bar=16),
+      lowest_pitch=24, num_pitches=84)[0]
+  path = str(tmp_path / "chorale.mid")
+  gen.write_midi(real, path)
+  out = str(tmp_path / "restored.mid")
+  assert cli.main(["inpaint", "--pretrained", "jsb", "--input", path, "--bars", "3-4",
+                   "--out", out]) == 0
+  from jaxgan import restore  # pylint: disable=import-outside-toplevel
+  song, _, _ = restore._read(gen, restore._load(gen, out), out,  # pylint: disable=protected-access
+                             [t.name for t in gen.tracks])
+  restored = restore._model_roll(gen, song, range(4))  # pylint: disable=protected-access
+  original = real > 0
+  keep = np.ones(restored.shape[0], bool)
+  keep[2:4] = False
+  np.testing.assert_array_equal(restored[keep], original[:restored.shape[0]][keep])
+  for t in range(4):
+    assert restored[2:4, ..., t].sum(-1).max() <= 1
+  acc = str(tmp_path / "accompanied.mid")
+  assert cli.main(["accompany", "--pretrained", "jsb", "--input", path, "--given", "soprano",
+                   "--out", acc]) == 0
+  with open(os.path.join(sample_lib.pretrained_path("jsb"), "export.json")) as f:
+    assert json.load(f)["params"] > 10_000
