@@ -81,12 +81,19 @@ def split_windows(config, split: str, *, bars: int | None = None) -> np.ndarray:
 
 
 def fill_windows(gen, windows: np.ndarray, known: np.ndarray, key: jax.Array, *,
-                 batch: int = 64, temperature: float | None = None) -> np.ndarray:
+                 batch: int = 64, temperature: float | tuple[float, float] | None = None
+                 ) -> np.ndarray:
   """uint8 rolls: `windows` with the cells not `known` (bool [N, T, tracks]) redrawn by the
   voices model's Gibbs sampler; known cells come back unchanged."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   engine = gen.engine
-  temperature = engine.model_cfg.temperature if temperature is None else temperature
+  # The model's own schedule, or one constant temperature when asked for.
+  if temperature is None:
+    temperature, final = engine.model_cfg.temperature, engine.model_cfg.final_temperature
+  elif isinstance(temperature, tuple):
+    temperature, final = temperature
+  else:
+    final = temperature
   n, bars, steps, _, tracks = windows.shape
   out = []
   for start in range(0, n, batch):
@@ -100,7 +107,7 @@ def fill_windows(gen, windows: np.ndarray, known: np.ndarray, key: jax.Array, *,
     z = jax.random.normal(k, [len(roll_p), engine.latent_size])
     filled = engine.fill_jit(gen.variables["params"], z, jax.random.fold_in(k, 1),
                              {"context": jnp.asarray(roll_p), "known": jnp.asarray(kn_p)},
-                             jnp.float32(temperature))
+                             jnp.float32(temperature), jnp.float32(final))
     out.append(np.asarray(jax.device_get(filled))[:size])
   return np.concatenate(out)
 

@@ -70,7 +70,8 @@ def model_config() -> ml_collections.ConfigDict:
   m.gibbs_pmax = 0.9            # share of free cells redrawn in the second round...
   m.gibbs_pmin = 0.1            # ...falling to this...
   m.gibbs_anneal = 0.7          # ...over this share of the rounds
-  m.temperature = 1.0           # sampling temperature of the class distributions
+  m.temperature = 1.0           # sampling temperature of the class distributions in the first
+  m.final_temperature = 1.0     # round, moving linearly to this in the last
   return m
 
 
@@ -96,8 +97,9 @@ def check_config(config) -> None:
     v = m.get(key, defaults[key])
     if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
       raise config_lib.ConfigError(f"model.{key}={v!r} must be in [0, 1]")
-  if not m.get("temperature", 1.0) > 0:
-    raise config_lib.ConfigError(f"model.temperature={m.temperature!r} must be > 0")
+  for key in ("temperature", "final_temperature"):
+    if not m.get(key, 1.0) > 0:
+      raise config_lib.ConfigError(f"model.{key}={m.get(key)!r} must be > 0")
   if not tuple(d.mono_tracks):
     raise config_lib.ConfigError("model.arch='voices' needs data.mono_tracks: the tracks that "
                                  "sing one note at a time (e.g. (0, 1, 2, 3) for SATB)")
@@ -399,13 +401,16 @@ class VoiceEngine:
     return context, known.reshape(num, bars * steps, tracks), cond.get("style")
 
   def gibbs(self, params, z: jax.Array, key: jax.Array, cond=None, *,
-            rounds: int | None = None, temperature: float | jax.Array | None = None
-            ) -> jax.Array:
+            rounds: int | None = None, temperature: float | jax.Array | None = None,
+            final_temperature: float | jax.Array | None = None) -> jax.Array:
     """uint8 piano-rolls (0/1/2) [B, bars, steps, pitches, tracks]: the given cells of `cond`
-    kept, every other cell drawn by blocked Gibbs sampling (see the module docstring)."""
+    kept, every other cell drawn by blocked Gibbs sampling (see the module docstring). The
+    temperature moves linearly from `temperature` in the first round to `final_temperature`
+    in the last (defaults: model.temperature, model.final_temperature)."""
     m = self.model_cfg
     rounds = m.gibbs_rounds if rounds is None else rounds
     temperature = m.temperature if temperature is None else temperature
+    final_temperature = m.final_temperature if final_temperature is None else final_temperature
     num = z.shape[0]
     bars = (cond["context"].shape[1] if cond is not None else self.data_shape[0])
     context, known, style = self._condition_parts(cond, num, bars)
@@ -427,7 +432,7 @@ class VoiceEngine:
         c["style"] = style
       return self.generator.apply({"params": params}, z, c)
 
-    def draw(out, k, redraw, classes, restrike, poly_on):
+    def draw(out, k, redraw, classes, restrike, poly_on, temperature):
       k1, k2, k3 = jax.random.split(k, 3)
       new = jax.random.categorical(k1, out["logits"] / temperature)
       classes = jnp.where(redraw, new, classes)
@@ -444,16 +449,17 @@ class VoiceEngine:
     poly_on = jnp.where(known_cells, context > 0, False)
     k0, key = jax.random.split(key)
     out = predict(classes, restrike, poly_on, vknown)
-    classes, restrike, poly_on = draw(out, k0, free, classes, restrike, poly_on)
+    classes, restrike, poly_on = draw(out, k0, free, classes, restrike, poly_on, temperature)
 
     def body(i, carry):
       classes, restrike, poly_on = carry
       k = jax.random.fold_in(key, i)
+      t = temperature + (final_temperature - temperature) * (i + 1) / rounds
       frac = i / jnp.maximum(m.gibbs_anneal * rounds, 1.0)
       pm = jnp.maximum(m.gibbs_pmin, m.gibbs_pmax - (m.gibbs_pmax - m.gibbs_pmin) * frac)
       redraw = free & (jax.random.uniform(jax.random.fold_in(k, 1), free.shape) < pm)
       out = predict(classes, restrike, poly_on, ~redraw)
-      return draw(out, k, redraw, classes, restrike, poly_on)
+      return draw(out, k, redraw, classes, restrike, poly_on, t)
 
     classes, restrike, poly_on = jax.lax.fori_loop(0, rounds, body, (classes, restrike, poly_on))
     base = jnp.where(poly_on, 1, 0).astype(jnp.uint8)
@@ -493,8 +499,10 @@ class VoiceEngine:
     condition (restoration, accompaniment, evaluation)."""
 
     @self.jit
-    def fill(params, z, key, cond, temperature):
-      return self.gibbs(params, z, key, cond, temperature=temperature)
+    def fill(params, z, key, cond, temperature, final_temperature=None):
+      return self.gibbs(params, z, key, cond, temperature=temperature,
+                        final_temperature=(temperature if final_temperature is None
+                                           else final_temperature))
 
     return fill
 

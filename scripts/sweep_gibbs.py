@@ -29,9 +29,11 @@ def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", required=True, help="a voices run or a generator export")
   parser.add_argument("--split", default="validation")
-  parser.add_argument("--temperatures", default="1.0,0.9,0.8,0.7")
+  parser.add_argument("--temperatures", default="1.0,0.9,0.8,0.7",
+                      help="comma-separated T (constant) or T0:T1 (first round to last)")
   parser.add_argument("--rounds", default="48", help="comma-separated Gibbs round counts")
   parser.add_argument("--num", type=int, default=64)
+  parser.add_argument("--pmin", type=float, help="model.gibbs_pmin for every row")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--restoration", action="store_true",
                       help="instead: fill 2 hidden bars of every window, onset F1 and cell "
@@ -45,6 +47,8 @@ def main() -> int:
   for rounds in [int(r) for r in args.rounds.split(",")]:
     gen = sample.Generator.from_workdir(args.workdir)
     gen.engine.model_cfg.gibbs_rounds = rounds   # before the sampler is first compiled
+    if args.pmin is not None:
+      gen.engine.model_cfg.gibbs_pmin = args.pmin
     if real is None:
       real = evaluate.split_windows(gen.config, args.split)
       spec = evaluate.roll_spec(gen)
@@ -54,7 +58,8 @@ def main() -> int:
             f"{' '.join(f'{x:5.2f}' for x in _stat(bach, 'notes_per_bar', 'bach')):>24} "
             f"{' '.join(f'{x:5.3f}' for x in _stat(bach, 'rest_share', 'bach')):>24} "
             f"{vl['parallel_fifths']['rate']:7.4f} {vl['parallel_octaves']['rate']:7.4f}")
-    for temperature in [float(t) for t in args.temperatures.split(",")]:
+    for text in args.temperatures.split(","):
+      temperature, final = _schedule(text)
       t0 = time.perf_counter()
       engine = gen.engine
       n = args.num
@@ -63,12 +68,12 @@ def main() -> int:
       z = jax.random.normal(key, [n, engine.latent_size])
       rolls = np.asarray(jax.device_get(engine.fill_jit(
           gen.variables["params"], z, jax.random.fold_in(key, 1), cond,
-          jnp.float32(temperature))))
+          jnp.float32(temperature), jnp.float32(final))))
       seconds = time.perf_counter() - t0
       rep = voice_metrics.report(rolls, real, spec=spec, onsets_at_changes=True,
                                  seed=args.seed)
       vl = rep["voice_leading"]["model"]
-      print(f"{rounds:6d} {temperature:5.2f} {rep['passed']:3d}/{rep['total']:<4d} "
+      print(f"{rounds:6d} {text:>5} {rep['passed']:3d}/{rep['total']:<4d} "
             f"{' '.join(f'{x:5.2f}' for x in _stat(rep, 'notes_per_bar', 'model')):>24} "
             f"{' '.join(f'{x:5.3f}' for x in _stat(rep, 'rest_share', 'model')):>24} "
             f"{vl['parallel_fifths']['rate']:7.4f} {vl['parallel_octaves']['rate']:7.4f} "
@@ -83,26 +88,32 @@ def restoration(args) -> int:
   for rounds in [int(r) for r in args.rounds.split(",")]:
     gen = sample.Generator.from_workdir(args.workdir)
     gen.engine.model_cfg.gibbs_rounds = rounds
+    if args.pmin is not None:
+      gen.engine.model_cfg.gibbs_pmin = args.pmin
     if real is None:
       real = evaluate.split_windows(gen.config, args.split)
       spec = evaluate.roll_spec(gen)
       truth = voice_metrics.from_rolls(real, spec)
       n, bars, steps, _, tracks = real.shape
       hidden = voice_metrics.bar_span_mask(n, bars, steps, tracks, span=2, seed=args.seed)
-    for temperature in [float(t) for t in args.temperatures.split(",")]:
+    for i, text in enumerate(args.temperatures.split(",")):
       filled = evaluate.fill_windows(gen, real, ~hidden, jax.random.PRNGKey(args.seed),
-                                     temperature=temperature)
+                                     temperature=_schedule(text))
       rep = voice_metrics.restoration_report(
           truth, {"model": voice_metrics.from_rolls(filled, spec)}, hidden,
           onsets_at_changes=True)
-      for name in ("model", "repeat previous bar") if temperature == float(
-          args.temperatures.split(",")[0]) and rounds == int(args.rounds.split(",")[0]) else (
-          "model",):
+      first = i == 0 and rounds == int(args.rounds.split(",")[0])
+      for name in ("model", "repeat previous bar") if first else ("model",):
         s = rep["methods"][name]["all"]
-        label = f"{rounds:6d} {temperature:5.2f}" if name == "model" else f"{'repeat':>6} {'':>5}"
+        label = f"{rounds:6d} {text:>5}" if name == "model" else f"{'repeat':>6} {'':>5}"
         print(f"{label} {s['cell_accuracy']:9.3f} {s['pitch_class_accuracy']:7.3f} "
               f"{s['onset_f1']:9.3f}", flush=True)
   return 0
+
+
+def _schedule(text: str) -> tuple[float, float]:
+  first, _, last = text.partition(":")
+  return float(first), float(last or first)
 
 
 def _stat(rep, name: str, column: str) -> list[float]:
