@@ -250,3 +250,19 @@ def test_the_shipped_chorale_model_samples_restores_and_accompanies(tmp_path):
                    "--out", acc]) == 0
   with open(os.path.join(sample_lib.pretrained_path("jsb"), "export.json")) as f:
     assert json.load(f)["params"] > 10_000
+
+
+def test_voices_and_polyphonic_tracks_mix_in_one_model():
+  # Track 0 sings one note at a time; track 1 (chords) keeps per-pitch cells.
+  config = tiny("--config.data.mono_tracks=(0,)")
+  engine = voicegan.VoiceEngine(config, sharding.make_mesh(devices=jax.devices()[:1]))
+  state = engine.init(jax.random.PRNGKey(0))
+  from jaxgan.data import pipeline  # pylint: disable=import-outside-toplevel
+  batches = pipeline.train_iterator(config, engine.mesh)
+  for _ in range(3):
+    state, metrics = engine.step(state, next(batches))
+  metrics = jax.device_get(metrics)
+  assert np.isfinite(metrics["poly_bce"]) and np.isfinite(metrics["ce"])
+  rolls = np.asarray(engine.sample_ema(state, jax.random.PRNGKey(1), 8))
+  assert (rolls[..., 0].sum(-1) <= 1).all()
+  assert (rolls[..., 1].sum(-1) > 1).any()   # the chord track may sound several pitches
