@@ -71,7 +71,7 @@ def model_config() -> ml_collections.ConfigDict:
   m.gibbs_pmin = 0.1            # ...falling to this...
   m.gibbs_anneal = 0.7          # ...over this share of the rounds
   m.temperature = 1.0           # sampling temperature of the class distributions in the first
-  m.final_temperature = 1.0     # round, moving linearly to this in the last
+  m.final_temperature = 0.5     # round, moving linearly to this in the last
   return m
 
 
