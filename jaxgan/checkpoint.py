@@ -34,13 +34,17 @@ class CheckpointWriteError(errors.WriteError):
 class Checkpointer:
   """A thin CheckpointManager wrapper: save every N steps (async), keep the last K."""
 
-  def __init__(self, directory: str, *, every: int, keep: int, async_save: bool = True):
+  def __init__(self, directory: str, *, every: int, keep: int, async_save: bool = True,
+               clean_tmp: bool = False):
+    """clean_tmp: remove the temporary folders of saves that never finished (a trainer that
+    was killed); only for the trainer, which alone writes there (a reader must not: it would
+    delete a save in progress)."""
     self.directory = os.path.abspath(os.fspath(directory))
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=every,
-            enable_async_checkpointing=async_save))
+            enable_async_checkpointing=async_save, cleanup_tmp_directories=clean_tmp))
     self._in_flight: int | None = None   # the step of the async save not yet known to be done
 
   def save(self, step: int, state, *, force: bool = False) -> bool:

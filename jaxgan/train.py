@@ -403,7 +403,8 @@ def load_run_config(workdir: str):
   """The config a workdir was trained with (saved as config.json when training starts)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{workdir}: no config.json (is it a jaxgan train workdir?)")
+    raise FileNotFoundError(f"{workdir} has no config.json, so no run was trained there: "
+                            f"train one with `jaxgan train --config CONFIG --workdir {workdir}`")
   with open(path) as f:
     config = config_lib.ConfigDict(json.load(f))
   config.data.meter = tuple(config.data.meter)
@@ -511,7 +512,7 @@ class BestKeeper:
     self.metric, self.mode = metric, mode
     self.json_path = os.path.join(workdir, "best", "best.json")
     self.checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "best", "checkpoints"),
-                                              every=1, keep=1)
+                                              every=1, keep=1, clean_tmp=True)
     self.value = None
     if os.path.exists(self.json_path):
       with open(self.json_path) as f:
@@ -621,7 +622,8 @@ class _Run:
     self._build()
     save_config(config, workdir)
     self.checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                              every=tc.ckpt_every, keep=tc.keep_ckpts)
+                                              every=tc.ckpt_every, keep=tc.keep_ckpts,
+                                              clean_tmp=True)
     self.evaluate_fn = evaluate_fn
     self.best = self.writer = self.bar = None
     self.progress = progress
