@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inpaint if name == "inpaint" else cmd_accompany)
 
   p = sub.add_parser("render", help="MIDI files to WAV audio (FluidSynth, General MIDI)")
-  p.add_argument("files", nargs="+", metavar="FILE.mid")
+  p.add_argument("files", nargs="+", metavar="FILE.mid", help="MIDI files to render")
   p.add_argument("--out", help="folder for the WAVs (default: beside each MIDI file)")
   _add_render_flags(p, choose=False)
   p.set_defaults(func=cmd_render)
