@@ -160,6 +160,10 @@ class WorkdirLock:
       log.warning("taking over the lock of %s from %s: %s", os.path.dirname(self.path),
                   _describe(holder), why)
       self._write(exclusive=False)
+      if holder.get("token") and why != "that process is gone":
+        # A holder that may still run learns of it at its next refresh, even if this trainer
+        # has finished and removed the lock by then.
+        self._mark_taken(str(holder["token"]))
       break
     else:
       raise WorkdirBusy(f"{self.path}: could not take the lock (it keeps changing)")
@@ -172,6 +176,22 @@ class WorkdirLock:
     self._thread.start()
     return self
 
+  def _taken_mark(self, token: str) -> str:
+    return f"{self.path}.{token}.taken"
+
+  def _mark_taken(self, token: str) -> None:
+    with contextlib.suppress(OSError):
+      with open(self._taken_mark(token), "w") as f:
+        f.write(_describe(self.mine))
+    # Marks no holder came back for are left by trainers that died: clear the old ones.
+    folder = os.path.dirname(self.path)
+    for name in os.listdir(folder):
+      path = os.path.join(folder, name)
+      if name.startswith(LOCK_FILE + ".") and name.endswith(".taken"):
+        with contextlib.suppress(OSError):
+          if time.time() - os.path.getmtime(path) > self.stale_s:
+            os.remove(path)
+
   def _refresh_loop(self) -> None:
     while not self._stop.wait(self.refresh_s):
       self.refresh()
@@ -181,6 +201,16 @@ class WorkdirLock:
   def refresh(self) -> None:
     """Rewrites the lock's refresh time, or notes in `lost` that another trainer took it."""
     self.mine["refreshed"] = time.time()
+    mark = self._taken_mark(self.mine["token"])
+    if os.path.exists(mark):
+      by = "an unknown trainer"
+      with contextlib.suppress(OSError):
+        with open(mark) as f:
+          by = f.read().strip()
+        os.remove(mark)
+      self.lost = f"another trainer took over {os.path.dirname(self.path)}: {by}"
+      log.error("%s", self.lost)
+      return
     try:
       holder = self.read()
       if holder is None and self._write(exclusive=True):

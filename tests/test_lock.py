@@ -108,7 +108,6 @@ def test_refresh_keeps_the_lock_fresh_and_notices_a_takeover(tmp_path):
       time.sleep(0.02)
     assert _holder(tmp_path)["refreshed"] > first
     assert held.lost is None
-    lock_lib.WorkdirLock(str(tmp_path), force=True).acquire().release()
     _write_lock(tmp_path, host="elsewhere", pid=4321)   # a trainer elsewhere took over
     deadline = time.time() + 10
     while held.lost is None and time.time() < deadline:
@@ -117,6 +116,23 @@ def test_refresh_keeps_the_lock_fresh_and_notices_a_takeover(tmp_path):
   finally:
     held.release()
   assert _holder(tmp_path)["pid"] == 4321   # not ours: left in place
+
+
+def test_a_holder_learns_of_a_forced_takeover_after_the_taker_is_gone(tmp_path):
+  held = lock_lib.WorkdirLock(str(tmp_path), refresh_s=3600).acquire()
+  try:
+    with lock_lib.WorkdirLock(str(tmp_path), force=True) as taker:
+      pass   # a short forced run: took the lock and removed it again
+    assert not (tmp_path / lock_lib.LOCK_FILE).exists()
+    held.refresh()
+    assert held.lost == (f"another trainer took over {tmp_path}: pid {os.getpid()} on host "
+                         f"{socket.gethostname()} since "
+                         + time.strftime("%Y-%m-%d %H:%M:%S",
+                                         time.localtime(taker.mine["started"])))
+    assert not (tmp_path / lock_lib.LOCK_FILE).exists()   # not written again
+    assert not list(tmp_path.glob("*.taken"))
+  finally:
+    held.release()
 
 
 def test_lock_is_released_when_training_fails(tmp_path, capsys):
