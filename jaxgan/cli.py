@@ -208,13 +208,13 @@ def cmd_render(args, extra) -> int:
 def cmd_gallery(args, extra) -> int:
   from jaxgan import gallery, render  # pylint: disable=import-outside-toplevel
   if not (args.workdir or args.samples):
-    raise SystemExit("jaxgan gallery: give --workdir, --samples or both")
+    args.command_parser.error("give --workdir, --samples or both")
   folder = args.samples or os.path.join(args.workdir, "gallery")
   if args.render:
     render.check_setup(args.soundfont, args.sample_rate)
   if not gallery.find_midis(folder):
     if not args.workdir:
-      raise SystemExit(f"jaxgan gallery: no MIDI files in {folder}; give --workdir to sample")
+      raise FileNotFoundError(f"no MIDI files in {folder}: give --workdir to sample some")
     # Exactly what `jaxgan sample` does: MIDI files, samples.png and metrics.json.
     code = cmd_sample(build_parser().parse_args(
         ["sample", "--workdir", args.workdir, "--out", folder, "--num", str(args.num or 8)]), [])

@@ -2,7 +2,8 @@
 
 Read top to bottom: models and optimizers -> state and its shardings -> the pure `train_step`
 (all n_critic discriminator updates and the generator update in one compiled function) ->
-the loop (data, logging, samples, evaluation, checkpoints, preemption).
+the loop (the workdir's lock, data, logging, samples, evaluation, checkpoints, preemption,
+non-finite values and failed writes; README "Reliability").
 """
 
 from __future__ import annotations
@@ -585,8 +586,16 @@ def _read_rollbacks(workdir: str) -> dict:
   path = os.path.join(workdir, ROLLBACKS_FILE)
   if not os.path.exists(path):
     return {"lr_factor": 1.0, "events": []}
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      record = json.load(f)
+    factor = float(record["lr_factor"])
+    events = list(record["events"])
+  except (ValueError, KeyError, TypeError) as e:
+    raise config_lib.ConfigError(
+        f"{path} is not a rollback record ({type(e).__name__}: {e}); delete it to train at the "
+        "config's learning rates") from None
+  return {"lr_factor": factor, "events": events}
 
 
 def _scaled_learning_rates(config, factor: float):
@@ -605,7 +614,6 @@ class _Run:
   def __init__(self, config, workdir: str, lock: lock_lib.WorkdirLock | None, *,
                data_mode: str, progress: bool, evaluate_fn: Callable | None):
     from jaxgan.data import pipeline  # pylint: disable=import-outside-toplevel
-    from jaxgan import summary  # pylint: disable=import-outside-toplevel
     self.config, self.workdir, self.lock, self.data_mode = config, workdir, lock, data_mode
     tc = config.train
     if tc.compilation_cache:
@@ -627,7 +635,6 @@ class _Run:
     self.evaluate_fn = evaluate_fn
     self.best = self.writer = self.bar = None
     self.progress = progress
-    self._summary = summary
     self.skips_seen = 0
     self.rolled_back_to: tuple[int, int] | None = None   # (checkpoint step, times in a row)
 
@@ -674,6 +681,7 @@ class _Run:
     self.last_time, self.last_step = time.perf_counter(), start
 
   def train(self) -> State:
+    from jaxgan import summary  # pylint: disable=import-outside-toplevel
     tc = self.config.train
     state, start = self._restore_or_init()
     if start >= tc.num_steps:
@@ -685,9 +693,8 @@ class _Run:
         self.evaluate_fn = _default_evaluation(self.config)
       if tc.best_metric:
         self.best = BestKeeper(self.workdir, tc.best_metric, tc.best_mode)
-      self.writer = self._summary.Writer(self.workdir, enabled=self.is_lead)
-      self.bar = self._summary.progress(start, tc.num_steps,
-                                        enabled=self.progress and self.is_lead)
+      self.writer = summary.Writer(self.workdir, enabled=self.is_lead)
+      self.bar = summary.progress(start, tc.num_steps, enabled=self.progress and self.is_lead)
       self._loop()
     except BaseException:
       self._close(quiet=True)

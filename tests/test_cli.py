@@ -160,6 +160,17 @@ def test_unknown_arguments_exit_2_with_usage(argv, capsys):
   assert f"jaxgan {argv[0]}: error: unrecognized arguments: {argv[-1]}" in err
 
 
+def test_gallery_without_a_source_is_a_usage_error(tmp_path, capsys):
+  with pytest.raises(SystemExit) as info:
+    cli.main(["gallery"])
+  assert info.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith("usage: jaxgan gallery ") and "give --workdir, --samples or both" in err
+  assert cli.main(["gallery", "--samples", str(tmp_path)]) == 1
+  assert capsys.readouterr().err.strip() == (
+      f"jaxgan gallery: no MIDI files in {tmp_path}: give --workdir to sample some")
+
+
 def test_train_takes_config_overrides_in_both_forms():
   args = cli.build_parser().parse_args(["train", "--config", TINY, "--workdir", "W"])
   assert cli._unknown_arguments(  # pylint: disable=protected-access
