@@ -101,6 +101,10 @@ def cmd_prepare(args, extra) -> int:
 
 
 def cmd_train(args, extra) -> int:
+  if not (args.coordinator or args.distributed or os.environ.get("JAXGAN_COORDINATOR")):
+    # A busy workdir is refused before the slow imports (the lock is taken in train).
+    from jaxgan import lock  # pylint: disable=import-outside-toplevel
+    lock.WorkdirLock(args.workdir, force=args.force).check()
   from jaxgan import config as config_lib  # pylint: disable=import-outside-toplevel
   _init_distributed(args)
   config = config_lib.load_config(args.config, extra)
@@ -406,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
   from jaxgan.config import ConfigError  # pylint: disable=import-outside-toplevel
   from jaxgan.lock import WorkdirBusy  # pylint: disable=import-outside-toplevel
-  from jaxgan.nonfinite import NonFiniteError  # pylint: disable=import-outside-toplevel
+  from jaxgan.errors import NonFiniteError  # pylint: disable=import-outside-toplevel
   from jaxgan.render import RenderError  # pylint: disable=import-outside-toplevel
   try:
     return args.func(args, extra)

@@ -1,4 +1,5 @@
-"""Errors of a run's writes (checkpoints, TensorBoard, images, config.json) as one clear line."""
+"""Errors that stop a run with one clear line: failed writes (checkpoints, TensorBoard, images,
+config.json) and non-finite values. Kept free of heavy imports: the command line catches them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import re
 
 # Tensorstore (Orbax's array writer) reports an OS error as text: "... [os_error_code='28']".
 _OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)'?")
+
+
+class NonFiniteError(RuntimeError):
+  """The run stopped on non-finite values; the message names the step and the value."""
 
 
 class WriteError(OSError):

@@ -20,8 +20,6 @@ import time
 import uuid
 from collections.abc import Iterator
 
-import jax
-
 log = logging.getLogger("jaxgan")
 
 LOCK_FILE = "train.lock"
@@ -141,6 +139,19 @@ class WorkdirLock:
         os.remove(tmp)
     return True
 
+  def check(self) -> None:
+    """Raises WorkdirBusy if a live trainer holds the lock (takes nothing): lets a command
+    refuse before its slow imports and compilation."""
+    holder = self.read()
+    if holder is not None and not self.force and self.stale_reason(holder) is None:
+      raise self._busy(holder)
+
+  def _busy(self, holder: dict) -> WorkdirBusy:
+    age = time.time() - float(holder.get("refreshed", time.time()))
+    return WorkdirBusy(
+        f"{os.path.dirname(self.path)} is in use by another trainer: {_describe(holder)} "
+        f"(lock {self.path}, refreshed {age:.0f} s ago); stop it, or pass --force to take over")
+
   def acquire(self) -> "WorkdirLock":
     """Takes the lock or raises WorkdirBusy naming its holder."""
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
@@ -152,11 +163,7 @@ class WorkdirLock:
         continue
       why = "--force" if self.force else self.stale_reason(holder)
       if why is None:
-        age = time.time() - float(holder.get("refreshed", time.time()))
-        raise WorkdirBusy(
-            f"{os.path.dirname(self.path)} is in use by another trainer: {_describe(holder)} "
-            f"(lock {self.path}, refreshed {age:.0f} s ago); stop it, or pass --force to "
-            f"take over")
+        raise self._busy(holder)
       log.warning("taking over the lock of %s from %s: %s", os.path.dirname(self.path),
                   _describe(holder), why)
       self._write(exclusive=False)
@@ -248,6 +255,7 @@ class WorkdirLock:
 def hold(workdir: str, *, force: bool = False) -> Iterator[WorkdirLock | None]:
   """The workdir's lock for the length of a run: process 0 holds it; every process of a
   multi-host run raises WorkdirBusy when process 0 cannot take it."""
+  import jax  # pylint: disable=import-outside-toplevel
   lock, error = None, None
   if jax.process_index() == 0:
     lock = WorkdirLock(workdir, force=force)

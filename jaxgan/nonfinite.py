@@ -33,14 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgan.errors import NonFiniteError  # noqa: F401  (raised by the loop, train.py)
+
 MODES = ("stop", "skip", "rollback")
 FAULT_ENV = "JAXGAN_FAULT_NAN_STEP"
 # Health values travel in the metrics under this prefix; the loop strips them before logging.
 PREFIX = "nonfinite/"
-
-
-class NonFiniteError(RuntimeError):
-  """The run stopped on non-finite values; the message names the step and the value."""
 
 
 def fault_step() -> int | None:
