@@ -11,7 +11,6 @@ reason; its temporary folder is removed and the checkpoints before it stay as th
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -40,6 +39,7 @@ class Checkpointer:
     was killed); only for the trainer, which alone writes there (a reader must not: it would
     delete a save in progress)."""
     self.directory = os.path.abspath(os.fspath(directory))
+    quiet_failed_saves()
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -120,8 +120,9 @@ class Checkpointer:
 
 
 class _QuietOrbax(logging.Filter):
-  """Drops the tracebacks Orbax logs from its background threads when a save fails: the
-  Checkpointer reports that failure as one line."""
+  """Drops the tracebacks Orbax's writer threads and tasks log when a save fails (through absl,
+  or asyncio's "exception was never retrieved" when they are collected, possibly at exit):
+  the Checkpointer reports that failure as one line."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     if record.levelno < logging.ERROR or not record.exc_info or record.exc_info[2] is None:
@@ -135,14 +136,20 @@ class _QuietOrbax(logging.Filter):
     return True
 
 
-@contextlib.contextmanager
-def quiet_failed_saves():
-  """While training: no raw tracebacks from Orbax's writer threads (logged by absl, or
-  "Event loop is closed" from a write callback that outlived its loop); failed saves are
-  reported by `Checkpointer` instead."""
-  quiet = _QuietOrbax()
-  absl_log = logging.getLogger("absl")
-  absl_log.addFilter(quiet)
+_quiet = False
+
+
+def quiet_failed_saves() -> None:
+  """Keeps the raw tracebacks of a failed save out of the log, for the rest of the process
+  (they come from Orbax's threads, from asyncio when its tasks are collected, and as
+  "Event loop is closed" from a write callback that outlived its loop); `Checkpointer`
+  reports each failed save as one line instead. Other errors are left alone."""
+  global _quiet
+  if _quiet:
+    return
+  _quiet = True
+  for name in ("absl", "asyncio"):
+    logging.getLogger(name).addFilter(_QuietOrbax())
   previous = sys.unraisablehook
 
   def hook(unraisable):
@@ -153,11 +160,6 @@ def quiet_failed_saves():
     previous(unraisable)
 
   sys.unraisablehook = hook
-  try:
-    yield
-  finally:
-    sys.unraisablehook = previous
-    absl_log.removeFilter(quiet)
 
 
 def restore_unstructured(directory: str):

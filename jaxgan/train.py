@@ -572,7 +572,7 @@ def train_and_evaluate(config, workdir: str, *, data_mode: str = "shard",
   """
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  with lock_lib.hold(workdir, force=force) as lock, ckpt_lib.quiet_failed_saves():
+  with lock_lib.hold(workdir, force=force) as lock:
     run = _Run(config, workdir, lock, data_mode=data_mode, progress=progress,
                evaluate_fn=evaluate_fn)
     return run.train()
@@ -858,16 +858,21 @@ class _Run:
         return
       except ckpt_lib.CheckpointWriteError as e:
         if self.config.train.on_save_error == "stop":
-          steps = self.checkpointer.steps()
-          kept = (f"the checkpoint of step {steps[-1]} is intact" if steps
-                  else "no checkpoint was written before")
-          raise ckpt_lib.CheckpointWriteError(
-              e.what, e.path, f"{e.reason}; stopped (train.on_save_error=stop), {kept}",
-              e.step) from None
+          raise self._final(e, "stopped (train.on_save_error=stop)") from None
         log.warning("%s; trying again at the next interval (train.on_save_error=retry)", e)
         if e.step == step:
           return
         # That was the previous save, reported now; this one has not started yet.
+
+  def _final(self, e: ckpt_lib.CheckpointWriteError, what: str
+             ) -> ckpt_lib.CheckpointWriteError:
+    """`e` with what the run did and which checkpoint it keeps."""
+    folder = self.checkpointer.directory   # read directly: the manager may be closed
+    steps = sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(
+        folder) else []
+    kept = (f"the checkpoint of step {steps[-1]} is intact" if steps
+            else "no checkpoint was written before")
+    return ckpt_lib.CheckpointWriteError(e.what, e.path, f"{e.reason}; {what}, {kept}", e.step)
 
   def _close(self, quiet: bool) -> None:
     """Waits for the last save and closes the writers; quiet: after an error, whose message
@@ -888,6 +893,10 @@ class _Run:
           log.debug("while stopping: %s", e)
         elif failure is None:
           failure = e
+    if isinstance(failure, ckpt_lib.CheckpointWriteError):
+      when = ("the run ended before a retry" if self.config.train.on_save_error == "retry"
+              else "the run has ended")
+      raise self._final(failure, when) from None
     if failure is not None:
       raise failure
 
