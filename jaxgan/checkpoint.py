@@ -3,33 +3,83 @@
 The data pipeline is addressable by step, so the state's `step` is all the iterator position a
 resume needs. A checkpoint that fails to restore is moved aside (`<step>.corrupt`) and the
 previous good one is used instead, so one bad write never loses a run.
+
+A save that fails (a full disk, a lost mount: any error of Orbax's writer, which reports it at
+the next save or wait) becomes one `CheckpointWriteError` naming the step, the path and the
+reason; its temporary folder is removed and the checkpoints before it stay as they were.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import sys
 
 import jax
 import orbax.checkpoint as ocp
 
+from jaxgan import errors
+
 log = logging.getLogger("jaxgan")
+# Orbax writes a step into "<step>.orbax-checkpoint-tmp..." and renames it when complete.
+TMP_MARK = ".orbax-checkpoint-tmp"
+
+
+class CheckpointWriteError(errors.WriteError):
+  """A checkpoint was not written; the previous ones are intact."""
 
 
 class Checkpointer:
   """A thin CheckpointManager wrapper: save every N steps (async), keep the last K."""
 
-  def __init__(self, directory: str, *, every: int, keep: int, async_save: bool = True):
+  def __init__(self, directory: str, *, every: int, keep: int, async_save: bool = True,
+               clean_tmp: bool = False):
+    """clean_tmp: remove the temporary folders of saves that never finished (a trainer that
+    was killed); only for the trainer, which alone writes there (a reader must not: it would
+    delete a save in progress)."""
     self.directory = os.path.abspath(os.fspath(directory))
+    quiet_failed_saves()
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=every,
-            enable_async_checkpointing=async_save))
+            enable_async_checkpointing=async_save, cleanup_tmp_directories=clean_tmp))
+    self._in_flight: int | None = None   # the step of the async save not yet known to be done
 
   def save(self, step: int, state, *, force: bool = False) -> bool:
-    return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
-                             force=force)
+    """Starts saving `step` (async). Raises CheckpointWriteError if the previous save failed
+    (then this one has not started) or this one cannot start."""
+    self._settle()
+    try:
+      started = self.manager.save(
+          step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
+    except Exception as e:  # the writer's errors are OSErrors, ValueErrors (tensorstore), ...
+      self._failed(step, e)
+    if started:
+      self._in_flight = step
+    return started
+
+  def _settle(self) -> None:
+    """Waits for the save in flight; a failure there becomes a CheckpointWriteError."""
+    step, self._in_flight = self._in_flight, None
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:
+      self._failed(step, e)
+
+  def _failed(self, step: int | None, e: Exception) -> None:
+    """Removes what the failed save left and raises its CheckpointWriteError."""
+    if jax.process_index() == 0 and os.path.isdir(self.directory):
+      for name in os.listdir(self.directory):
+        if TMP_MARK in name and (step is None or name.split(TMP_MARK)[0] == str(step)):
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    try:
+      self.manager.reload()
+    except Exception:  # pylint: disable=broad-except  (the folder may be gone altogether)
+      pass
+    path = os.path.join(self.directory, str(step)) if step is not None else self.directory
+    raise CheckpointWriteError("checkpoint", path, errors.reason_of(e), step) from None
 
   def reached_preemption(self, step: int) -> bool:
     return self.manager.reached_preemption(step)
@@ -58,11 +108,58 @@ class Checkpointer:
     self.manager.reload()
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Waits for the save in flight; raises CheckpointWriteError if it failed."""
+    self._settle()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for the save in flight and closes; raises CheckpointWriteError if it failed."""
+    try:
+      self._settle()
+    finally:
+      self.manager.close()
+
+
+class _QuietOrbax(logging.Filter):
+  """Drops the tracebacks Orbax's writer threads and tasks log when a save fails (through absl,
+  or asyncio's "exception was never retrieved" when they are collected, possibly at exit):
+  the Checkpointer reports that failure as one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR or not record.exc_info or record.exc_info[2] is None:
+      return True
+    # absl names itself as the caller, so the traceback tells where the error came from.
+    tb = record.exc_info[2]
+    while tb is not None:
+      if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+        return False
+      tb = tb.tb_next
+    return True
+
+
+_quiet = False
+
+
+def quiet_failed_saves() -> None:
+  """Keeps the raw tracebacks of a failed save out of the log, for the rest of the process
+  (they come from Orbax's threads, from asyncio when its tasks are collected, and as
+  "Event loop is closed" from a write callback that outlived its loop); `Checkpointer`
+  reports each failed save as one line instead. Other errors are left alone."""
+  global _quiet
+  if _quiet:
+    return
+  _quiet = True
+  for name in ("absl", "asyncio"):
+    logging.getLogger(name).addFilter(_QuietOrbax())
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(
+        unraisable.exc_value):
+      log.debug("ignored after a failed checkpoint write: %s", unraisable.exc_value)
+      return
+    previous(unraisable)
+
+  sys.unraisablehook = hook
 
 
 def restore_unstructured(directory: str):

@@ -7,14 +7,23 @@ import logging
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import jaxgan  # noqa: F401  (quiets TensorFlow's start-up banners before anything imports it)
+
+# What `jaxgan prepare NAME` builds (jaxgan/data/builders.py; a test keeps the two in step).
+DATASETS = {
+    "jsb_chorales": "Bach's chorales from the music21 corpus, every meter",
+    "jsb_chorales_standard": "the standard JSB split (229/76/77 chorales) with Bach's bar "
+                             "lines; jsb_chorales_standard/music21_extras adds the rest",
+    "music21_styles": "music21 corpus pieces labelled by composer (for style conditioning)",
+    "midi_folder": "your own folder of .mid/.midi files (--manual-dir)",
+}
 
 
 def _add_distributed_flags(p: argparse.ArgumentParser) -> None:
   g = p.add_argument_group("multi-host (or set JAXGAN_COORDINATOR/NUM_PROCESSES/PROCESS_ID)")
   g.add_argument("--coordinator", help="host:port of process 0, e.g. 10.0.0.2:1234")
-  g.add_argument("--num-processes", type=int)
-  g.add_argument("--process-id", type=int)
+  g.add_argument("--num-processes", type=int, help="number of processes in the run")
+  g.add_argument("--process-id", type=int, help="this process's index, 0 .. N-1")
   g.add_argument("--distributed", action="store_true",
                  help="auto-detect a Cloud TPU pod or SLURM job and join it")
 
@@ -66,8 +75,6 @@ def _add_source_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args, extra) -> int:
-  if extra:
-    raise SystemExit(f"jaxgan export: unexpected arguments {extra}")
   from jaxgan import sample  # pylint: disable=import-outside-toplevel
   gen = sample.Generator.from_workdir(args.workdir, use_ema=not args.no_ema, best=args.best)
   metrics = None
@@ -83,21 +90,27 @@ def cmd_export(args, extra) -> int:
 
 def cmd_prepare(args, extra) -> int:
   from jaxgan.data import prepare  # pylint: disable=import-outside-toplevel
-  if extra:
-    raise SystemExit(f"jaxgan prepare: unexpected arguments {extra}")
-  summary = prepare.prepare(args.name, data_dir=args.data_dir, manual_dir=args.manual_dir,
-                            max_songs=args.max_songs, progress=not args.quiet)
+  try:
+    summary = prepare.prepare(args.name, data_dir=args.data_dir, manual_dir=args.manual_dir,
+                              max_songs=args.max_songs, progress=not args.quiet)
+  except prepare.DataWriteError as e:  # nothing half-built is left; the message says where
+    print(f"jaxgan prepare: {e}", file=sys.stderr)
+    return 1
   print(prepare.format_summary(summary))
   return 0
 
 
 def cmd_train(args, extra) -> int:
+  if not (args.coordinator or args.distributed or os.environ.get("JAXGAN_COORDINATOR")):
+    # A busy workdir is refused before the slow imports (the lock is taken in train).
+    from jaxgan import lock  # pylint: disable=import-outside-toplevel
+    lock.WorkdirLock(args.workdir, force=args.force).check()
   from jaxgan import config as config_lib  # pylint: disable=import-outside-toplevel
   _init_distributed(args)
   config = config_lib.load_config(args.config, extra)
   from jaxgan import train  # pylint: disable=import-outside-toplevel
   train.train_and_evaluate(config, args.workdir, data_mode=args.data_mode,
-                           progress=not args.quiet)
+                           progress=not args.quiet, force=args.force)
   return 0
 
 
@@ -118,8 +131,6 @@ def cmd_profile(args, extra) -> int:
 
 
 def cmd_sample(args, extra) -> int:
-  if extra:
-    raise SystemExit(f"jaxgan sample: unexpected arguments {extra}")
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from jaxgan import evaluate, metrics, render, sample  # pylint: disable=import-outside-toplevel
@@ -158,8 +169,6 @@ def cmd_sample(args, extra) -> int:
 
 
 def _restore(args, extra, command: str) -> int:
-  if extra:
-    raise SystemExit(f"jaxgan {command}: unexpected arguments {extra}")
   import jax  # pylint: disable=import-outside-toplevel
   from jaxgan import restore, sample  # pylint: disable=import-outside-toplevel
   from jaxgan.midi.io import MidiError  # pylint: disable=import-outside-toplevel
@@ -197,23 +206,19 @@ def cmd_accompany(args, extra) -> int:
 
 
 def cmd_render(args, extra) -> int:
-  if extra:
-    raise SystemExit(f"jaxgan render: unexpected arguments {extra}")
   return _render_wavs("render", args, args.files, out_dir=args.out)
 
 
 def cmd_gallery(args, extra) -> int:
-  if extra:
-    raise SystemExit(f"jaxgan gallery: unexpected arguments {extra}")
   from jaxgan import gallery, render  # pylint: disable=import-outside-toplevel
   if not (args.workdir or args.samples):
-    raise SystemExit("jaxgan gallery: give --workdir, --samples or both")
+    args.command_parser.error("give --workdir, --samples or both")
   folder = args.samples or os.path.join(args.workdir, "gallery")
   if args.render:
     render.check_setup(args.soundfont, args.sample_rate)
   if not gallery.find_midis(folder):
     if not args.workdir:
-      raise SystemExit(f"jaxgan gallery: no MIDI files in {folder}; give --workdir to sample")
+      raise FileNotFoundError(f"no MIDI files in {folder}: give --workdir to sample some")
     # Exactly what `jaxgan sample` does: MIDI files, samples.png and metrics.json.
     code = cmd_sample(build_parser().parse_args(
         ["sample", "--workdir", args.workdir, "--out", folder, "--num", str(args.num or 8)]), [])
@@ -229,8 +234,6 @@ def cmd_gallery(args, extra) -> int:
 
 
 def cmd_eval(args, extra) -> int:
-  if extra:
-    raise SystemExit(f"jaxgan eval: unexpected arguments {extra}")
   from jaxgan import evaluate, sample  # pylint: disable=import-outside-toplevel
   gen = _generator(args)
   result = evaluate.evaluate(gen, split=args.split, num=args.num, seed=args.seed)
@@ -243,18 +246,46 @@ def cmd_eval(args, extra) -> int:
   return 0
 
 
+def _version() -> str:
+  from importlib import metadata  # pylint: disable=import-outside-toplevel
+  try:
+    return metadata.version("jaxgan")
+  except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    return "unknown (not installed)"
+
+
+def _unknown_arguments(args: argparse.Namespace, extra: list[str]) -> list[str]:
+  """What argparse left over that the command does not take: everything, or for train and
+  profile whatever is not a --config.KEY=VALUE / --config.KEY VALUE override."""
+  if not getattr(args, "overrides", False):
+    return list(extra)
+  unknown, i = [], 0
+  while i < len(extra):
+    arg = extra[i]
+    if arg.startswith("--config.") and len(arg) > len("--config."):
+      i += 1 if "=" in arg else 2
+    else:
+      unknown.append(arg)
+      i += 1
+  return unknown
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="jaxgan", description="Train GANs that compose symbolic music, and use them.")
+  parser.add_argument("--version", action="version", version=f"jaxgan {_version()}")
   sub = parser.add_subparsers(dest="command", required=True)
 
-  p = sub.add_parser("prepare", help="build a data set (TFDS) from MIDI files or the corpus")
-  p.add_argument("name", help="jsb_chorales | music21_styles | midi_folder")
+  p = sub.add_parser("prepare", help="build a data set (TFDS) from MIDI files or the corpus",
+                     epilog="data sets:\n" + "\n".join(f"  {k:<23} {v}"
+                                                       for k, v in DATASETS.items()),
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("name", help=" | ".join(DATASETS))
   p.add_argument("--manual-dir", help="folder of .mid/.midi files (midi_folder)")
   p.add_argument("--data-dir", help="where data sets live (default $JAXGAN_DATA_DIR or "
                                     "~/tensorflow_datasets)")
   p.add_argument("--max-songs", type=int, help="cap the number of songs (quick trials)")
-  p.add_argument("--quiet", action="store_true")
+  p.add_argument("--quiet", action="store_true", help="no progress bars")
   p.set_defaults(func=cmd_prepare)
 
   p = sub.add_parser("train", help="train (or resume) a GAN from a config file",
@@ -264,18 +295,22 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--data-mode", default="shard", choices=("shard", "replicate"),
                  help="shard: each host reads 1/P of the data; replicate: every host reads "
                       "all and batches do not depend on the host count")
-  p.add_argument("--quiet", action="store_true")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.add_argument("--force", action="store_true",
+                 help="take the workdir's lock even if another trainer seems to hold it")
   _add_distributed_flags(p)
-  p.set_defaults(func=cmd_train)
+  p.set_defaults(func=cmd_train, overrides=True)
 
   p = sub.add_parser("sample", help="write MIDI files, a PNG grid and metrics from a run")
   _add_source_flags(p)
   p.add_argument("--num", type=int, default=16, help="number of pieces")
   p.add_argument("--bars", type=int, help="bars per piece (default: one trained phrase)")
   p.add_argument("--out", default="samples", help="output folder")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seed", type=int, default=0, help="random seed of the latents")
   p.add_argument("--truncation", type=float, help="truncate latents to [-t, t]")
-  p.add_argument("--binarize", default="threshold", choices=("threshold", "bernoulli"))
+  p.add_argument("--binarize", default="threshold", choices=("threshold", "bernoulli"),
+                 help="threshold: notes where the output > 0; bernoulli: drawn with its "
+                      "probability")
   p.add_argument("--temperature", type=float, default=1.0,
                  help="bernoulli: < 1 sharper, > 1 noisier (1 = the model's probabilities)")
   p.add_argument("--tempo", type=float, default=100.0, help="quarter notes per minute")
@@ -297,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
       p.add_argument("--given", required=True,
                      help="track name(s) the file holds, comma-separated (e.g. soprano)")
     p.add_argument("--out", required=True, help="the MIDI file to write")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the fill")
     p.add_argument("--candidates", type=int, default=64,
                    help="runs without conditioning: latents searched for the best fit")
     p.add_argument("--style", help="a style of a style-conditioned run")
@@ -308,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inpaint if name == "inpaint" else cmd_accompany)
 
   p = sub.add_parser("render", help="MIDI files to WAV audio (FluidSynth, General MIDI)")
-  p.add_argument("files", nargs="+", metavar="FILE.mid")
+  p.add_argument("files", nargs="+", metavar="FILE.mid", help="MIDI files to render")
   p.add_argument("--out", help="folder for the WAVs (default: beside each MIDI file)")
   _add_render_flags(p, choose=False)
   p.set_defaults(func=cmd_render)
@@ -323,9 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("eval", help="musical metrics: data vs generated, per track")
   _add_source_flags(p)
-  p.add_argument("--split", default="test")
-  p.add_argument("--num", type=int, default=256)
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--split", default="test", help="the data split to compare with")
+  p.add_argument("--num", type=int, default=256, help="number of generated pieces")
+  p.add_argument("--seed", type=int, default=0, help="random seed of the latents")
   p.add_argument("--out", help="JSON path (default WORKDIR/eval_STEP.json)")
   p.add_argument("--best", action="store_true",
                  help="use the checkpoint kept by train.best_metric, not the latest")
@@ -347,9 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--config", required=True, help="configs/NAME.py[:ARG]")
   p.add_argument("--workdir", default="runs/profile", help="where the trace and JSON go")
   p.add_argument("--steps", type=int, default=50, help="timed steps after warm-up")
-  p.add_argument("--warmup", type=int, default=5)
+  p.add_argument("--warmup", type=int, default=5, help="untimed steps before the timed ones")
   p.add_argument("--trace-steps", type=int, default=5, help="steps in the profiler trace")
-  p.add_argument("--data-mode", default="shard", choices=("shard", "replicate"))
+  p.add_argument("--data-mode", default="shard", choices=("shard", "replicate"),
+                 help="as for jaxgan train")
   p.add_argument("--input", default="pipeline", choices=("pipeline", "synthetic"),
                  help="synthetic: one random on-device batch, timing the step alone")
   p.add_argument("--start-step", type=int, default=None,
@@ -357,7 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "so that the steady state is timed; 0 times the warm-up)")
   p.add_argument("--json", action="store_true", help="machine-readable output")
   _add_distributed_flags(p)
-  p.set_defaults(func=cmd_profile)
+  p.set_defaults(func=cmd_profile, overrides=True)
+  for command_parser in sub.choices.values():  # so that main can answer with its usage
+    command_parser.set_defaults(command_parser=command_parser)
   return parser
 
 
@@ -367,7 +405,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger(noisy).setLevel(logging.WARNING)
   parser = build_parser()
   args, extra = parser.parse_known_args(argv)
+  unknown = _unknown_arguments(args, extra)
+  if unknown:  # argparse's convention: usage and the error, exit status 2
+    args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
   from jaxgan.config import ConfigError  # pylint: disable=import-outside-toplevel
+  from jaxgan.lock import WorkdirBusy  # pylint: disable=import-outside-toplevel
+  from jaxgan.errors import NonFiniteError  # pylint: disable=import-outside-toplevel
   from jaxgan.render import RenderError  # pylint: disable=import-outside-toplevel
   try:
     return args.func(args, extra)
@@ -378,6 +421,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"jaxgan {args.command}: {e}", file=sys.stderr)
     return 1
   except FileNotFoundError as e:  # a missing workdir, checkpoint or shipped model: one line
+    print(f"jaxgan {args.command}: {e}", file=sys.stderr)
+    return 1
+  except (WorkdirBusy, NonFiniteError) as e:  # the message names the holder / the step
+    print(f"jaxgan {args.command}: {e}", file=sys.stderr)
+    return 1
+  except OSError as e:  # a failed write (errors.WriteError names what, where and why)
     print(f"jaxgan {args.command}: {e}", file=sys.stderr)
     return 1
 

@@ -28,12 +28,15 @@ class ConfigError(ValueError):
 CHOICES: dict[str, tuple[Any, ...]] = {
     "loss.kind": ("wgan", "nonsaturating", "hinge", "lsgan"),
     "train.best_mode": ("max", "min"),
+    "train.nonfinite": ("stop", "skip", "rollback"),
+    "train.on_save_error": ("stop", "retry"),
 }
 # Keys that must be positive integers / non-negative numbers.
 POSITIVE_INTS = (
     "data.n_bars", "data.steps_per_beat", "data.num_pitches", "train.global_batch",
     "train.num_steps", "train.log_every", "train.ckpt_every", "train.keep_ckpts",
-    "loss.n_critic", "train.slope_every",
+    "loss.n_critic", "train.slope_every", "train.nonfinite_max_skips",
+    "train.nonfinite_max_rollbacks",
 )
 NON_NEGATIVE = (
     "loss.gp_weight", "loss.r1_gamma", "data.transpose", "train.sample_every",
@@ -122,6 +125,14 @@ def base_config() -> ConfigDict:
   c.train.slope_every = 1000
   c.train.profile_steps = 0          # trace this many steps after warm-up (0 = off)
   c.train.compilation_cache = True   # persistent XLA cache in the workdir
+  # A step whose losses or new weights are not all finite (NaN, inf): "stop" the run, "skip"
+  # that step's update, or "rollback" to the last checkpoint at lower learning rates.
+  c.train.nonfinite = "stop"
+  c.train.nonfinite_max_skips = 5    # skip: stop after this many skipped steps in a row
+  c.train.rollback_lr_factor = 0.5   # rollback: learning rates times this at each rollback
+  c.train.nonfinite_max_rollbacks = 3  # rollback: stop after this many to the same checkpoint
+  c.train.on_save_error = "stop"     # a failed checkpoint or TensorBoard write: "stop", or
+                                     # "retry" it at the next interval
   return c
 
 
@@ -272,6 +283,9 @@ def validate(config: ConfigDict) -> None:
     v = _get(config, key)
     if not isinstance(v, (int, float)) or v < 0:
       raise ConfigError(f"{key}={v!r} must be >= 0")
+  factor = config.train.rollback_lr_factor
+  if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0.0 < factor <= 1.0:
+    raise ConfigError(f"train.rollback_lr_factor={factor!r} must be in (0, 1]")
   if not 0.0 <= config.train.ema_decay < 1.0:
     raise ConfigError(f"train.ema_decay={config.train.ema_decay!r} must be in [0, 1)")
   meter = tuple(config.data.meter)

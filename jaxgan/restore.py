@@ -194,7 +194,12 @@ def _rebuild(gen, midi: miditoolkit.MidiFile, song, shift: int, inst_track: dict
     for n in inst.notes:
       kept.setdefault(int(n.pitch), []).append((int(n.start), int(n.end)))
     for _, pitch, onset, duration, _ in mine.tolist():
-      span = _free_span(tick_of(onset), tick_of(onset + duration), kept.get(int(pitch), ()))
+      start, end = tick_of(onset), tick_of(onset + duration)
+      # A pickup padded to a full bar puts the grid's first steps before tick 0: a note there
+      # sounds from tick 0 on, or not at all if it ends before.
+      if end <= 0:
+        continue
+      span = _free_span(max(start, 0), end, kept.get(int(pitch), ()))
       if span:
         inst.notes.append(miditoolkit.Note(velocity, int(pitch), *span))
     inst.notes.sort(key=lambda n: (n.start, n.pitch))

@@ -84,7 +84,8 @@ class Generator:
     state, step = ckpt.restore_latest(engine.abstract_with_shardings())
     ckpt.close()
     if state is None:
-      raise FileNotFoundError(f"{folder}: no checkpoint to sample from")
+      raise FileNotFoundError(f"no checkpoint in {folder}: train one with `jaxgan train "
+                              f"--config CONFIG --workdir {workdir}`")
     params = state["g_ema"] if use_ema else state["g"]
     return cls(config=config, engine=engine, step=int(step), tracks=_tracks_for(config),
                variables={"params": params, "batch_stats": state["g_stats"]})

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Any
 
 import jax
 import numpy as np
+
+from jaxgan import errors
 
 # One colour per track (cycled): bass-like dark to light, easy to tell apart when overlaid.
 TRACK_COLOURS = np.array([
@@ -39,26 +42,41 @@ def render_pianorolls(rolls: np.ndarray, *, columns: int = 1, scale: int = 2) ->
 
 
 def save_png(image: np.ndarray, path: str) -> None:
+  """Writes an RGB image; raises errors.WriteError naming the path when it cannot."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  plt.imsave(path, image)
+  try:
+    plt.imsave(path, image)
+  except OSError as e:
+    raise errors.WriteError("the image", path, errors.reason_of(e)) from None
 
 
 class Writer:
-  """TensorBoard event files in `workdir` (process 0 only; a no-op elsewhere)."""
+  """TensorBoard event files in `workdir` (process 0 only; a no-op elsewhere). A failed write
+  (a full disk, a lost mount) raises errors.WriteError naming the folder and the reason."""
 
   def __init__(self, workdir: str, *, enabled: bool = True):
     self.enabled = enabled
+    self.path = os.path.join(workdir, "tensorboard")
     if enabled:
       import tensorflow as tf  # pylint: disable=import-outside-toplevel
       self._tf = tf
-      self._writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+      with self._writing():
+        self._writer = tf.summary.create_file_writer(self.path)
+
+  @contextlib.contextmanager
+  def _writing(self):
+    # TensorFlow reports a write that fails (here or when its queue is flushed) as an OpError.
+    try:
+      yield
+    except (OSError, self._tf.errors.OpError) as e:
+      raise errors.WriteError("TensorBoard events", self.path, errors.reason_of(e)) from None
 
   def scalars(self, step: int, metrics: dict[str, Any]) -> dict[str, float]:
     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if self.enabled:
-      with self._writer.as_default(step=step):
+      with self._writing(), self._writer.as_default(step=step):
         for k, v in values.items():
           self._tf.summary.scalar(k, v)
     return values
@@ -66,13 +84,14 @@ class Writer:
   def pianorolls(self, step: int, rolls: np.ndarray, name: str = "samples") -> None:
     if self.enabled:
       image = render_pianorolls(rolls, columns=2)
-      with self._writer.as_default(step=step):
+      with self._writing(), self._writer.as_default(step=step):
         self._tf.summary.image(name, image[None], step=step)
 
   def close(self) -> None:
     if self.enabled:
-      self._writer.flush()
-      self._writer.close()
+      with self._writing():
+        self._writer.flush()
+        self._writer.close()
 
 
 class _Progress:

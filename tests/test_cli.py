@@ -1,7 +1,11 @@
 """The `jaxgan` command line end to end on tiny runs: prepare, train, sample, eval."""
 
+import argparse
+import importlib.metadata
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import miditoolkit
@@ -9,6 +13,7 @@ import numpy as np
 import pytest
 
 from jaxgan import cli, sample
+from jaxgan import config as config_lib
 from tests.test_data_build import _write_song
 from tests.tiny_run import train_tiny
 
@@ -102,3 +107,133 @@ def test_periodic_evaluation_writes_metrics_to_tensorboard(tmp_path):
       tags.update(v.tag for v in event.summary.value)
   assert "eval/EB/track0" in tags and "eval/UPC/track1" in tags
   assert "d_loss" in tags and "g_grad_norm" in tags and "examples_per_s" in tags
+
+
+# --- A newcomer's edges: version, help, unknown arguments, missing things --------------------
+
+
+def _command_parsers(parser, name="jaxgan"):
+  """(name, parser) of the program and of every subcommand."""
+  yield name, parser
+  for action in parser._actions:  # pylint: disable=protected-access
+    if isinstance(action, argparse._SubParsersAction):  # pylint: disable=protected-access
+      for sub, sub_parser in action.choices.items():
+        yield from _command_parsers(sub_parser, f"{name} {sub}")
+
+
+def test_version_comes_from_the_package(capsys):
+  with pytest.raises(SystemExit) as info:
+    cli.main(["--version"])
+  assert info.value.code == 0
+  assert capsys.readouterr().out.strip() == f"jaxgan {importlib.metadata.version('jaxgan')}"
+
+
+def test_every_option_of_every_command_has_help():
+  parsers = dict(_command_parsers(cli.build_parser()))
+  assert {"jaxgan train", "jaxgan sample", "jaxgan prepare", "jaxgan profile"} <= set(parsers)
+  missing = [f"{name}: {action.option_strings or action.dest}"
+             for name, parser in parsers.items() for action in parser._actions  # noqa
+             if not isinstance(action, argparse._SubParsersAction)  # pylint: disable=protected-access
+             and (not action.help or action.help == argparse.SUPPRESS)]
+  assert missing == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["prepare", "jsb_chorales", "--bogus"],
+    ["train", "--config", TINY, "--workdir", "W", "--bogus"],
+    ["train", "--config", TINY, "--workdir", "W", "--config.train.num_steps=3", "stray"],
+    ["profile", "--config", TINY, "--config.train.num_steps", "3", "--bogus=1"],
+    ["sample", "--workdir", "W", "--bogus"],
+    ["inpaint", "--workdir", "W", "--input", "x.mid", "--bars", "1", "--out", "y.mid", "-x"],
+    ["accompany", "--workdir", "W", "--input", "x.mid", "--given", "a", "--out", "y", "--zz"],
+    ["render", "x.mid", "--bogus"],
+    ["gallery", "--bogus"],
+    ["eval", "--workdir", "W", "--bogus"],
+    ["export", "--workdir", "W", "--out", "O", "--bogus"],
+], ids=lambda argv: argv[0] + ("-override" if "stray" in argv else ""))
+def test_unknown_arguments_exit_2_with_usage(argv, capsys):
+  with pytest.raises(SystemExit) as info:
+    cli.main(argv)
+  assert info.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"usage: jaxgan {argv[0]} ")
+  assert f"jaxgan {argv[0]}: error: unrecognized arguments: {argv[-1]}" in err
+
+
+def test_gallery_without_a_source_is_a_usage_error(tmp_path, capsys):
+  with pytest.raises(SystemExit) as info:
+    cli.main(["gallery"])
+  assert info.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith("usage: jaxgan gallery ") and "give --workdir, --samples or both" in err
+  assert cli.main(["gallery", "--samples", str(tmp_path)]) == 1
+  assert capsys.readouterr().err.strip() == (
+      f"jaxgan gallery: no MIDI files in {tmp_path}: give --workdir to sample some")
+
+
+def test_train_takes_config_overrides_in_both_forms():
+  args = cli.build_parser().parse_args(["train", "--config", TINY, "--workdir", "W"])
+  assert cli._unknown_arguments(  # pylint: disable=protected-access
+      args, ["--config.train.num_steps=3", "--config.loss.kind", "hinge"]) == []
+
+
+@pytest.mark.parametrize("command", ["sample", "eval", "export"])
+def test_missing_workdir_or_checkpoint_says_what_to_run(command, tmp_path, capsys):
+  extra = ["--out", str(tmp_path / "out")] if command == "export" else []
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  untrained = tmp_path / "untrained"
+  untrained.mkdir()
+  (untrained / "config.json").write_text(config_lib.load_config(TINY).to_json_best_effort())
+  for workdir, says in ((tmp_path / "nowhere", "no such workdir"),
+                        (empty, "has no config.json"),
+                        (untrained, f"no checkpoint in {untrained / 'checkpoints'}")):
+    assert cli.main([command, "--workdir", str(workdir), *extra]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert says in err and "`jaxgan train --config CONFIG --workdir " in err
+
+
+def test_unbuilt_data_set_is_one_line_without_tensorflow_banners(tmp_path):
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
+  env["JAX_PLATFORMS"] = "cpu"
+  data = tmp_path / "data"
+  proc = subprocess.run(
+      [sys.executable, "-m", "jaxgan.cli", "train", "--config", TINY, "--workdir",
+       str(tmp_path / "run"), "--quiet", "--config.data.name=jsb_chorales",
+       f"--config.data.data_dir={data}"], env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  # All of stderr: TensorFlow was imported (to look for the data set) and said nothing.
+  assert proc.stderr.splitlines() == [
+      f"jaxgan train: data set 'jsb_chorales' is not built in {data}: run "
+      f"`jaxgan prepare jsb_chorales --data-dir {data}` first"]
+
+
+def test_prepare_lists_every_builder_and_reports_write_errors(monkeypatch, capsys):
+  from jaxgan.data import builders, prepare  # pylint: disable=import-outside-toplevel
+  with pytest.raises(SystemExit):
+    cli.main(["prepare", "--help"])
+  shown = capsys.readouterr().out
+  names = [b.name for b in builders._SongBuilder.__subclasses__()]  # pylint: disable=protected-access
+  assert "jsb_chorales_standard" in names and set(names) == set(cli.DATASETS)
+  for name in names:
+    assert f"\n  {name} " in shown
+
+  def full(name, **kwargs):
+    raise prepare.DataWriteError(name, "/data/jsb_chorales", "No space left on device")
+
+  monkeypatch.setattr(prepare, "prepare", full)
+  assert cli.main(["prepare", "jsb_chorales", "--quiet"]) == 1
+  assert capsys.readouterr().err.strip() == (
+      "jaxgan prepare: cannot build data set jsb_chorales in /data/jsb_chorales: "
+      "No space left on device")
+
+
+def test_samples_that_cannot_be_written_are_one_line(run, tmp_path, capsys):
+  blocker = tmp_path / "file"
+  blocker.write_text("in the way of the output folder")
+  assert cli.main(["sample", "--workdir", str(run), "--num", "2",
+                   "--out", str(blocker / "samples")]) == 1
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and str(blocker) in err, err

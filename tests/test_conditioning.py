@@ -217,3 +217,39 @@ def test_a_bad_input_file_is_named_and_nothing_is_written(plain_run, tmp_path, c
     err = capsys.readouterr().err
     assert f"jaxgan {command}: {bad}:" in err
     assert not out.exists()
+
+
+def test_notes_generated_before_a_padded_pickup_are_clipped_or_dropped(plain_run, tmp_path):
+  gen = sample.Generator.from_workdir(plain_run)
+  # A 1/4 pickup bar, then 4/4: the loader pads the pickup to a full 4/4 bar, so the grid's
+  # first three beats lie before tick 0 (steps_shifted < 0).
+  tpb = 480
+  midi = miditoolkit.MidiFile(ticks_per_beat=tpb)
+  midi.time_signature_changes = [miditoolkit.TimeSignature(1, 4, 0),
+                                 miditoolkit.TimeSignature(4, 4, tpb)]
+  melody = miditoolkit.Instrument(0, name="track0")
+  melody.notes = [miditoolkit.Note(80, 60, 0, tpb)] + [
+      miditoolkit.Note(80, 62 + i % 3, tpb * (i + 1), tpb * (i + 2)) for i in range(8)]
+  midi.instruments = [melody]
+  midi.dump(str(tmp_path / "pickup.mid"))
+  loaded = restore._load(gen, str(tmp_path / "pickup.mid"))
+  song, shift, inst_track = restore._read(gen, loaded, str(tmp_path / "pickup.mid"),
+                                          [t.name for t in gen.tracks])
+  steps_per_beat = gen.config.data.steps_per_beat
+  assert shift == -3 * steps_per_beat
+  bars, steps, pitches, tracks = (song.num_bars,) + config_lib.data_shape(gen.config)[1:]
+  roll = np.zeros([bars, steps, pitches, tracks], bool)
+  roll[0, :, 10, 1] = True                     # all of bar 0: from the padding into the pickup
+  roll[0, :2 * steps_per_beat, 12, 1] = True   # the first two beats: in the padding only
+  hidden = np.zeros([bars, tracks], bool)
+  hidden[0, 1] = True
+  out = restore._rebuild(gen, loaded, song, shift, inst_track, roll, hidden)
+  out.dump(str(tmp_path / "out.mid"))
+  back = miditoolkit.MidiFile(str(tmp_path / "out.mid"))
+  generated = [(n.pitch, n.start, n.end) for i in back.instruments if i.name != "track0"
+               for n in i.notes]
+  low = gen.config.data.lowest_pitch
+  assert generated == [(low + 10, 0, tpb)]     # clipped to tick 0; the other one dropped
+  kept = [(n.pitch, n.start, n.end) for i in back.instruments if i.name == "track0"
+          for n in i.notes]
+  assert kept == [(n.pitch, n.start, n.end) for n in melody.notes]

@@ -155,7 +155,9 @@ def load_song_table(config, split: str, *, process_index: int = 0, process_count
   data_dir = d.data_dir or None
   try:
     info = prepare.dataset_info(d.name, data_dir=data_dir)
-  except Exception as e:  # an unbuilt or unknown data set
+  except FileNotFoundError:  # not built: its message says what to run
+    raise
+  except Exception as e:  # an unknown data set
     raise config_lib.ConfigError(
         f"data.name={d.name!r}: cannot open the data set ({e}); build it with "
         f"`jaxgan prepare {d.name}` or pick one of the jaxgan.data builders") from None
@@ -191,7 +193,9 @@ def resolve_track_facts(config) -> None:
   from jaxgan.data import prepare  # pylint: disable=import-outside-toplevel
   try:
     info = prepare.dataset_info(d.name, data_dir=d.data_dir or None)
-  except Exception as e:  # an unbuilt or unknown data set
+  except FileNotFoundError:  # not built: its message says what to run
+    raise
+  except Exception as e:  # an unknown data set
     raise config_lib.ConfigError(
         f"data.name={d.name!r}: cannot open the data set ({e}); build it with "
         f"`jaxgan prepare {d.name}` or pick one of the jaxgan.data builders") from None

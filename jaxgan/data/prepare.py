@@ -279,8 +279,9 @@ def _open(name: str, data_dir: str | None) -> builders._SongBuilder:
   builder = _builder(name, data_dir)
   if not _is_built(builder):
     raise FileNotFoundError(
-        f"data set {name!r} is not built in {data_dir or default_data_dir()}; "
-        f"run `jaxgan prepare {name}` (or jaxgan.data.prepare) first")
+        f"data set {name!r} is not built in {data_dir or default_data_dir()}: "
+        f"run `jaxgan prepare {name}" + (f" --data-dir {data_dir}" if data_dir else "")
+        + "` first")
   return builder
 
 
