@@ -171,14 +171,28 @@ def _rebuild(gen, midi: miditoolkit.MidiFile, song, shift: int, inst_track: dict
   def tick_of(step: int) -> int:
     return ((step + shift) * tpb * 2 + spb) // (2 * spb)
 
+  def _given_part(note: miditoolkit.Note, t: int) -> miditoolkit.Note | None:
+    """The note, or what of it sounds in given bars: a note begun in a hidden bar is dropped,
+    but its tail in a later given bar is kept there (cut to start where that bar starts)."""
+    bar = bar_of(int(note.start))
+    if not (0 <= bar < bars and hidden[bar, t]):
+      return note
+    while bar < bars and hidden[bar, t]:
+      bar += 1
+    if bar >= bars:
+      return None
+    start = tick_of(bar * steps_per_bar)
+    if int(note.end) <= start:
+      return None
+    return miditoolkit.Note(note.velocity, note.pitch, start, note.end)
+
   track_inst: dict[int, miditoolkit.Instrument] = {}
   for inst in midi.instruments:
     t = inst_track.get(id(inst))
     if t is None:
       continue
     track_inst.setdefault(t, inst)
-    inst.notes = [n for n in inst.notes
-                  if not (0 <= bar_of(int(n.start)) < bars and hidden[bar_of(int(n.start)), t])]
+    inst.notes = [p for p in (_given_part(n, t) for n in inst.notes) if p is not None]
   notes = _notes_of(gen, roll, hidden, song.time_signature, gen.tracks)
   for t in range(hidden.shape[1]):
     mine = notes[notes[:, 0] == t]

@@ -233,8 +233,8 @@ def test_notes_generated_before_a_padded_pickup_are_clipped_or_dropped(plain_run
   midi.instruments = [melody]
   midi.dump(str(tmp_path / "pickup.mid"))
   loaded = restore._load(gen, str(tmp_path / "pickup.mid"))
-  song, shift, inst_track = restore._read(gen, loaded, str(tmp_path / "pickup.mid"),
-                                          [t.name for t in gen.tracks])
+  # The file holds the melody alone, as `accompany --given track0` reads it.
+  song, shift, inst_track = restore._read(gen, loaded, str(tmp_path / "pickup.mid"), ["track0"])
   steps_per_beat = gen.config.data.steps_per_beat
   assert shift == -3 * steps_per_beat
   bars, steps, pitches, tracks = (song.num_bars,) + config_lib.data_shape(gen.config)[1:]
@@ -253,3 +253,32 @@ def test_notes_generated_before_a_padded_pickup_are_clipped_or_dropped(plain_run
   kept = [(n.pitch, n.start, n.end) for i in back.instruments if i.name == "track0"
           for n in i.notes]
   assert kept == [(n.pitch, n.start, n.end) for n in melody.notes]
+
+
+def test_a_given_bar_keeps_the_tail_of_a_note_begun_in_a_regenerated_bar(plain_run, tmp_path):
+  gen = sample.Generator.from_workdir(plain_run)
+  tpb, bar = 480, 4 * 480
+  midi = miditoolkit.MidiFile(ticks_per_beat=tpb)
+  low = gen.config.data.lowest_pitch
+  parts = []
+  for t, track in enumerate(gen.tracks):
+    inst = miditoolkit.Instrument(0, name=track.name)
+    inst.notes = [miditoolkit.Note(80, low + 5 + t, b * bar, (b + 1) * bar) for b in range(6)]
+    parts.append(inst)
+  # Begins in bar 4 (regenerated), sounds on through the first beat of bar 5 (given).
+  parts[0].notes[3] = miditoolkit.Note(80, low + 20, 3 * bar, 4 * bar + tpb)
+  parts[0].notes[4] = miditoolkit.Note(80, low + 5, 4 * bar + tpb, 5 * bar)
+  midi.instruments = parts
+  midi.dump(str(tmp_path / "song.mid"))
+  names = [t.name for t in gen.tracks]
+  loaded = restore._load(gen, str(tmp_path / "song.mid"))
+  song, shift, inst_track = restore._read(gen, loaded, str(tmp_path / "song.mid"), names)
+  roll = restore._model_roll(gen, song, range(len(names)))
+  hidden = np.zeros([song.num_bars, len(names)], bool)
+  hidden[2:4] = True
+  roll[2:4] = False                            # the model leaves the two bars silent
+  out = restore._rebuild(gen, loaded, song, shift, inst_track, roll, hidden)
+  kept = sorted((n.pitch, n.start, n.end) for n in out.instruments[0].notes)
+  assert (low + 20, 4 * bar, 4 * bar + tpb) in kept      # the tail, from bar 5's start
+  assert not any(2 * bar <= start < 4 * bar for _, start, _ in kept)
+  assert (low + 5, 5 * bar, 6 * bar) in kept and (low + 5, 0, bar) in kept
