@@ -2,7 +2,8 @@
 
 `Guard` wraps an engine's pure train step, (state, batch) -> (state, metrics), into
 (state, batch, health) -> (state, metrics, health). On device it checks that every floating
-metric and every floating leaf of the new state is finite and folds the answer into `health`:
+metric (the losses and the gradient norms among them) and the new weights of G and D are
+finite, and folds the answer into `health`:
 a few replicated scalars carried from step to step (the first non-finite step since the run
 started, what was not finite there, the skips), so that nothing is missed between the loop's
 looks. The loop looks only where it fetches values anyway: the logged metrics (which carry a
@@ -36,6 +37,10 @@ import numpy as np
 from jaxgan.errors import NonFiniteError  # noqa: F401  (raised by the loop, train.py)
 
 MODES = ("stop", "skip", "rollback")
+# The state's weights. The rest follows from them and from the gradients, whose norms are
+# metrics: the EMA mixes old and new weights, the optimizer moments are sums of gradients and
+# their squares. Checking every leaf of the state too cost 3-4x as much (BENCHMARKS.md).
+WEIGHTS = ("g", "d")
 FAULT_ENV = "JAXGAN_FAULT_NAN_STEP"
 # Health values travel in the metrics under this prefix; the loop strips them before logging.
 PREFIX = "nonfinite/"
@@ -91,8 +96,8 @@ class Guard:
       if "g_loss" in metrics:
         metrics = dict(metrics, g_loss=poison(metrics["g_loss"]))
     names = sorted(k for k, v in metrics.items() if _inexact(v))
-    groups = sorted(k for k, v in new.items() if any(_inexact(x) for x in jax.tree.leaves(v)))
-    self.what = names + [f"the {g!r} weights or optimizer state" for g in groups]
+    groups = [k for k in WEIGHTS if k in new]
+    self.what = names + [f"the {g!r} weights" for g in groups]
     flags = jnp.stack([jnp.isfinite(metrics[k]).all() for k in names]
                       + [_all_finite(new[g]) for g in groups])
     values = jnp.stack([jnp.sum(jnp.asarray(metrics[k], jnp.float32)) for k in names]
@@ -122,11 +127,12 @@ class Guard:
   def describe(self, health: dict) -> str:
     """'step 7: g_loss = nan' for the first non-finite step of a fetched `health`."""
     i = int(health["first_what"])
-    what = self.what[i] if 0 <= i < len(self.what) else "a value"
-    if i < len(self.what) and not what.startswith("the "):
-      what = f"{what} = {float(health['first_value'])}"
+    if not 0 <= i < len(self.what):
+      what = "a value is not finite"
+    elif self.what[i].startswith("the "):   # weights: too many values to show one
+      what = f"{self.what[i]} are not finite"
     else:
-      what = f"{what} is not finite"
+      what = f"{self.what[i]} = {float(health['first_value'])}"
     return f"step {int(health['first_step'])}: {what}"
 
 

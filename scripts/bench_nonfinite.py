@@ -12,8 +12,9 @@ device-resident batch, so that background load hits all of them alike:
   updates the carried health record.
 - `checked: skip`: the same plus the `jnp.where` over the state that drops a bad update.
 
-Each run dispatches --steps steps and waits for the last one. Output: Markdown on stdout,
-progress on stderr. Timings only; nothing is asserted.
+Each run dispatches --steps steps and waits for the last one; wall time and this process's CPU
+time (all threads; steadier than wall time on a loaded machine) per step. Output: Markdown on
+stdout, progress on stderr. Timings only; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def main() -> None:
     t0 = time.perf_counter()
     compiled = fn.lower(*args_).compile()
     runs.append(dict(name=name, fn=compiled, state=state, health=health, guarded=guarded,
-                     compile_s=time.perf_counter() - t0, ms=[]))
+                     compile_s=time.perf_counter() - t0, ms=[], cpu_ms=[]))
 
   def advance(run: dict[str, Any]) -> Any:
     if run["guarded"]:
@@ -86,24 +87,28 @@ def main() -> None:
   for rep in range(args.reps):
     bu.log(f"rep {rep + 1}/{args.reps}")
     for run in runs:
-      t0 = time.perf_counter()
+      t0, c0 = time.perf_counter(), time.process_time()
       for _ in range(args.steps):
         metrics = advance(run)
       jax.block_until_ready((run["state"], metrics))
       run["ms"].append((time.perf_counter() - t0) / args.steps * 1e3)
+      run["cpu_ms"].append((time.process_time() - c0) / args.steps * 1e3)
 
   base = statistics.median(runs[0]["ms"])
+  cpu_base = statistics.median(runs[0]["cpu_ms"])
   rows = []
   for run in runs:
-    med = statistics.median(run["ms"])
+    med, cpu = statistics.median(run["ms"]), statistics.median(run["cpu_ms"])
     rows.append([run["name"], f"{run['compile_s']:.1f}", f"{med:.2f}",
-                 f"{min(run['ms']):.2f}-{max(run['ms']):.2f}", f"{med / base:.3f}x"])
+                 f"{min(run['ms']):.2f}-{max(run['ms']):.2f}", f"{med / base:.3f}x",
+                 f"{cpu:.2f}", f"{cpu / cpu_base:.3f}x"])
   extra = [f"config: {args.config} (global batch {tc.global_batch}, n_critic {lc.n_critic})"]
   print("\n".join(bu.header("The non-finite check per train step", extra)))
   print()
   print("\n".join(bu.table(
-      ["variant", "compile (s)", "ms per step, median", "min-max", "vs unchecked"], rows,
-      [False, True, True, True, True])))
+      ["variant", "compile (s)", "ms per step, median", "min-max", "vs unchecked",
+       "CPU ms per step, median", "vs unchecked"], rows,
+      [False, True, True, True, True, True, True])))
   print(f"\n{args.reps} interleaved runs x {args.steps} steps per variant; each run waits for "
         "its last step.")
 

@@ -73,7 +73,7 @@ def test_weights_that_turn_non_finite_are_named():
   state = {"step": jnp.int32(0), "g": jnp.ones([2]) * 1e20}
   _, _, health = jax.jit(guard)(state, {}, nonfinite.new_health())
   assert guard.describe(nonfinite.host(health)) == (
-      "step 1: the 'g' weights or optimizer state is not finite")
+      "step 1: the 'g' weights are not finite")
 
 
 def _checkpoints(workdir):
