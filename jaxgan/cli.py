@@ -39,8 +39,9 @@ def _render_wavs(command: str, args, midis: list[str], out_dir: str | None = Non
 
 def _init_distributed(args) -> None:
   from jaxgan import distributed  # pylint: disable=import-outside-toplevel
-  distributed.initialize(args.coordinator, args.num_processes, args.process_id,
-                         auto=args.distributed)
+  if distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                            auto=args.distributed):
+    distributed.quiet_followers()
 
 
 def _generator(args):

@@ -555,6 +555,7 @@ def train_and_evaluate(config, workdir: str, *, data_mode: str = "shard",
   """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one."""
   from jaxgan.data import pipeline  # pylint: disable=import-outside-toplevel
   from jaxgan import summary  # pylint: disable=import-outside-toplevel
+  from jaxgan import distributed, profile  # pylint: disable=import-outside-toplevel
 
   tc = config.train
   workdir = os.path.abspath(workdir)
@@ -562,6 +563,7 @@ def train_and_evaluate(config, workdir: str, *, data_mode: str = "shard",
   if tc.compilation_cache:
     _enable_compilation_cache(workdir)
   mesh = shard_lib.make_mesh(tc.mesh_data, tc.mesh_fsdp)
+  distributed.quiet_followers()
   pipeline.check_batch(config, mesh, jax.process_count())
   resolve_styles(config)
   pipeline.resolve_track_facts(config)
@@ -611,8 +613,10 @@ def train_and_evaluate(config, workdir: str, *, data_mode: str = "shard",
   last_time, last_step = time.perf_counter(), start
   step = saved = start
   batch = first
+  trace = profile.TraceWindow.for_run(config, workdir, start)   # train.profile_steps
   with _StopSignal() as stop:
     while step < tc.num_steps:
+      trace.update(step, state)
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         state, metrics = step_fn(state, batch)
       step += 1
@@ -644,6 +648,7 @@ def train_and_evaluate(config, workdir: str, *, data_mode: str = "shard",
         break
       if step < tc.num_steps:
         batch = next(batches)
+  trace.close(state)
   if pending is not None:
     writer.scalars(*pending)
   if saved != step:
