@@ -190,13 +190,23 @@ def _resolve_data_facts(config) -> list[str]:
   built on this machine leaves the defaults, with a note (the shapes barely depend on them)."""
   from jaxgan import train  # pylint: disable=import-outside-toplevel
   notes = []
-  train.resolve_styles(config)   # a style-conditioned run needs the names: no fallback
   d = config.data
+  try:
+    train.resolve_styles(config)
+  except config_lib.ConfigError:
+    raise
+  except Exception as e:  # an unbuilt data set: its style names (and their count) are unknown
+    raise config_lib.ConfigError(
+        f"conditioning.style: the style names of data set {d.name!r} are not known here "
+        f"({type(e).__name__}); build it or give them, e.g. "
+        f"--config.conditioning.styles=\"('a', 'b')\"") from None
   if d.name != "synthetic":
     try:
       from jaxgan.data import pipeline  # pylint: disable=import-outside-toplevel
       pipeline.resolve_track_facts(config)
-    except config_lib.ConfigError:
+    except config_lib.ConfigError as e:
+      if "cannot open the data set" not in str(e):
+        raise
       notes.append(f"data set {d.name!r} is not built here: every track's range is the pitch "
                    f"window (data.track_ranges)")
   return notes
