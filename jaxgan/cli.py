@@ -48,8 +48,9 @@ def _render_wavs(command: str, args, midis: list[str], out_dir: str | None = Non
 
 def _init_distributed(args) -> None:
   from jaxgan import distributed  # pylint: disable=import-outside-toplevel
-  distributed.initialize(args.coordinator, args.num_processes, args.process_id,
-                         auto=args.distributed)
+  if distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                            auto=args.distributed):
+    distributed.quiet_followers()
 
 
 def _generator(args):
@@ -127,6 +128,28 @@ def cmd_profile(args, extra) -> int:
     print(json.dumps(result, indent=2))
   else:
     print(profile.format_table(result))
+  return 0
+
+
+def cmd_compile(args, extra) -> int:
+  # A dry run: the host's CPU is JAX's backend, the TPU devices exist for the compiler only.
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  from jaxgan import config as config_lib  # pylint: disable=import-outside-toplevel
+  config = config_lib.load_config(args.config, extra)
+  from jaxgan import aot  # pylint: disable=import-outside-toplevel
+  try:
+    report = aot.compile_for_topology(config, args.topology, slices=args.slices,
+                                      sampler=not args.no_sampler, name=args.config)
+  except aot.AotError as e:  # no libtpu, or more HBM than the chip has: one line, exit 1
+    if getattr(e, "report", None):
+      print(aot.format_report(e.report))
+    print(f"jaxgan compile: {e}", file=sys.stderr)
+    return 1
+  if args.json:
+    import json  # pylint: disable=import-outside-toplevel
+    print(json.dumps(report, indent=2))
+  else:
+    print(aot.format_report(report))
   return 0
 
 
@@ -300,6 +323,19 @@ def build_parser() -> argparse.ArgumentParser:
                  help="take the workdir's lock even if another trainer seems to hold it")
   _add_distributed_flags(p)
   p.set_defaults(func=cmd_train, overrides=True)
+
+  p = sub.add_parser("compile", help="dry run: compile the train step for a TPU topology "
+                                     "(HBM per device, FLOPs, estimated step time)",
+                     epilog="Needs libtpu (pip install 'jax[tpu]'), not a TPU. Any config "
+                            "value can be overridden: --config.train.global_batch=256")
+  p.add_argument("--config", required=True, help="configs/NAME.py[:ARG]")
+  p.add_argument("--topology", required=True,
+                 help="CHIP:AxB[xC], CHIP one of v4, v5e, v5p, v6e (e.g. v5e:4x4)")
+  p.add_argument("--slices", type=int, default=1,
+                 help="multi-slice: this many slices, folded into the data axis")
+  p.add_argument("--no-sampler", action="store_true", help="compile the train step only")
+  p.add_argument("--json", action="store_true", help="machine-readable output")
+  p.set_defaults(func=cmd_compile)
 
   p = sub.add_parser("sample", help="write MIDI files, a PNG grid and metrics from a run")
   _add_source_flags(p)

@@ -123,7 +123,9 @@ def base_config() -> ConfigDict:
   c.train.init_from = ""             # checkpoint dir (or workdir) to warm-start G and D from
   c.train.slope_rate = 1.0           # binary neurons: slope *= rate every slope_every steps
   c.train.slope_every = 1000
-  c.train.profile_steps = 0          # trace this many steps after warm-up (0 = off)
+  c.train.profile_steps = 0          # trace this many steps after warm-up (0 = off)...
+  c.train.profile_start = -1         # ...from this step (-1 = 10 steps after the run starts),
+                                     # into WORKDIR/profile
   c.train.compilation_cache = True   # persistent XLA cache in the workdir
   # A step whose losses or new weights are not all finite (NaN, inf): "stop" the run, "skip"
   # that step's update, or "rollback" to the last checkpoint at lower learning rates.
@@ -295,6 +297,10 @@ def validate(config: ConfigDict) -> None:
     raise ConfigError(
         f"data.steps_per_beat={config.data.steps_per_beat} gives no whole number of steps per "
         f"bar in {meter[0]}/{meter[1]}")
+  start = config.train.profile_start
+  if isinstance(start, bool) or not isinstance(start, int) or start < -1:
+    raise ConfigError(f"train.profile_start={start!r} must be a step >= 0, or -1 (10 steps "
+                      f"after the run starts)")
   if config.train.mesh_fsdp < 1 or (config.train.mesh_data < 1 and config.train.mesh_data != -1):
     raise ConfigError("train.mesh_data must be -1 or >= 1 and train.mesh_fsdp >= 1")
   if config.data.lowest_pitch < 0 or config.data.lowest_pitch + config.data.num_pitches > 128:

@@ -4,6 +4,7 @@ JAXGAN_COORDINATOR / JAXGAN_NUM_PROCESSES / JAXGAN_PROCESS_ID environment variab
 
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
@@ -36,3 +37,10 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     jax.distributed.initialize()  # Cloud TPU pods and SLURM describe themselves
     return jax.process_count() > 1
   return False
+
+
+def quiet_followers() -> None:
+  """On a multi-process run, jaxgan logs at INFO on process 0 only: the others log warnings
+  and errors, so that a pod's logs do not repeat every line once per host."""
+  if jax.process_index() != 0:
+    logging.getLogger("jaxgan").setLevel(logging.WARNING)

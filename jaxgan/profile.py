@@ -22,13 +22,30 @@ import numpy as np
 from jaxgan import config as config_lib
 from jaxgan import sharding as shard_lib
 
-# Dense bf16 peaks, FLOP/s per chip, from vendor datasheets (no sparsity).
-KNOWN_PEAKS = {
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12, "TPU v6e": 918e12,
-    "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12,
-    "NVIDIA L4": 121e12, "NVIDIA A10G": 125e12,
+# Dense bf16 peaks, FLOP/s per chip, from vendor datasheets (no sparsity), by
+# `device.device_kind`. TPU kinds are matched exactly: JAX names a v5e "TPU v5 lite", a v5p
+# "TPU v5" and a v6e "TPU v6 lite", and a v4i ("TPU v4 lite") is not a v4.
+TPU_PEAKS = {
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5": 459e12,
+    "TPU v5p": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12,
 }
+# GPU kinds carry the board after the model ("NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"):
+# the longest name the kind starts with wins, so a PCIe or NVL part gets its own (lower) peak.
+GPU_PEAKS = {
+    "NVIDIA H100": 989e12, "NVIDIA H100 PCIe": 756e12, "NVIDIA H100 NVL": 835e12,
+    "NVIDIA H200": 989e12, "NVIDIA H200 NVL": 835e12, "NVIDIA B200": 2250e12,
+    "NVIDIA A100": 312e12, "NVIDIA L4": 121e12, "NVIDIA A10G": 125e12,
+}
+KNOWN_PEAKS = {**TPU_PEAKS, **GPU_PEAKS}
+
+
+def known_peak(kind: str) -> float | None:
+  """The datasheet bf16 peak (FLOP/s) of a device of `device_kind` `kind`, or None."""
+  if kind in TPU_PEAKS:
+    return TPU_PEAKS[kind]
+  names = [n for n in GPU_PEAKS if kind == n or kind.startswith(n + " ") or
+           kind.startswith(n + "-")]
+  return GPU_PEAKS[max(names, key=len)] if names else None
 
 
 def matmul_peak(device=None, *, size: int = 2048, dtype=jnp.float32, repeats: int = 10) -> float:
@@ -46,11 +63,13 @@ def matmul_peak(device=None, *, size: int = 2048, dtype=jnp.float32, repeats: in
 
 
 def device_peak(device=None) -> tuple[float, str]:
+  """(peak FLOP/s, where it comes from) of `device`: the datasheet's for a known accelerator,
+  else a matmul measured on it."""
   device = device or jax.devices()[0]
   kind = getattr(device, "device_kind", "")
-  for name, peak in KNOWN_PEAKS.items():
-    if kind.startswith(name):
-      return peak, f"datasheet bf16 peak of {kind}"
+  peak = known_peak(kind)
+  if peak is not None:
+    return peak, f"datasheet bf16 peak of {kind}"
   return matmul_peak(device), f"measured float32 matmul on {device.platform} ({kind or 'cpu'})"
 
 
@@ -77,6 +96,53 @@ def _peak_memory() -> int | None:
   except Exception:  # backends without memory stats
     return None
   return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
+# Steps a run takes after (re)starting before train.profile_steps opens its trace window: the
+# first steps after the compile fill caches and queues, and would not show the rate a run keeps.
+TRACE_WARMUP = 10
+
+
+class TraceWindow:
+  """A `jax.profiler` trace of `steps` train steps from step `first`, in WORKDIR/profile: the
+  window `jaxgan train` opens with train.profile_steps (process 0 writes it; the others do
+  nothing)."""
+
+  def __init__(self, directory: str, first: int, steps: int, enabled: bool = True):
+    self.directory, self.first, self.steps = directory, first, steps
+    self.enabled = enabled and steps > 0
+    self.active = False
+
+  @classmethod
+  def for_run(cls, config, workdir: str, start: int) -> "TraceWindow":
+    """The window of a run resumed (or started) at step `start`: from train.profile_start,
+    or -1 = TRACE_WARMUP steps later (fewer when the run is too short for that)."""
+    tc = config.train
+    steps = int(tc.get("profile_steps", 0))
+    first = int(tc.get("profile_start", -1))
+    if first < 0:
+      first = start + max(0, min(TRACE_WARMUP, tc.num_steps - start - steps))
+    return cls(os.path.join(workdir, "profile"), first, steps,
+               enabled=jax.process_index() == 0 and first >= start)
+
+  def update(self, step: int, state: Any) -> None:
+    """Call before running step `step` (the count of steps done); `state` is waited for
+    before the trace closes, so that the window's device work is in it."""
+    if not self.enabled:
+      return
+    if step == self.first and not self.active:
+      jax.profiler.start_trace(self.directory)
+      self.active = True
+    elif self.active and step >= self.first + self.steps:
+      self.close(state)
+
+  def close(self, state: Any = None) -> None:
+    """Ends the trace if it is open (a run that stops inside the window)."""
+    if self.active:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      self.active = False
+      self.enabled = False
 
 
 INPUTS = ("pipeline", "synthetic")
@@ -154,6 +220,9 @@ def profile(config, workdir: str, *, steps: int = 50, warmup: int = 5, trace_ste
 
   step_times, wait_times, critic_counts = [], [], []
   trace_dir = os.path.join(workdir, "profile")
+  # One trace and one JSON per run: process 0 writes them, the others only time their steps.
+  is_lead = jax.process_index() == 0
+  trace_steps = trace_steps if is_lead else 0
   trace_from = max(0, steps - trace_steps) if trace_steps else steps
   wall = time.perf_counter()
   for i in range(steps):
@@ -218,8 +287,9 @@ def profile(config, workdir: str, *, steps: int = 50, warmup: int = 5, trace_ste
       "peak_memory_bytes": _peak_memory(),
       "trace_dir": trace_dir if trace_steps else None,
   }
-  with open(os.path.join(workdir, "profile.json"), "w") as f:
-    json.dump(result, f, indent=2)
+  if is_lead:
+    with open(os.path.join(workdir, "profile.json"), "w") as f:
+      json.dump(result, f, indent=2)
   return result
 
 

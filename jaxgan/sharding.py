@@ -16,18 +16,39 @@ BATCH_AXES = ("data", "fsdp")
 
 
 def make_mesh(mesh_data: int = -1, mesh_fsdp: int = 1, devices=None) -> Mesh:
-  """A (data, fsdp) mesh over all devices; mesh_data=-1 takes what fsdp leaves."""
+  """A (data, fsdp) mesh over all devices; mesh_data=-1 takes what fsdp leaves.
+
+  Devices of several TPU slices (multi-slice: `slice_index` differs) get a hybrid mesh: the
+  slices are folded into the data axis, which alone crosses the slower network between slices,
+  while FSDP stays inside a slice.
+  """
+  from jaxgan.config import ConfigError  # pylint: disable=import-outside-toplevel
   devices = list(jax.devices() if devices is None else devices)
   n = len(devices)
-  if n % mesh_fsdp:
-    raise ValueError(f"train.mesh_fsdp={mesh_fsdp} does not divide the {n} devices")
+  slices = num_slices(devices)
+  per_slice = n // slices
+  if per_slice % mesh_fsdp:
+    where = f"the {per_slice} devices of a slice" if slices > 1 else f"the {n} devices"
+    raise ConfigError(f"train.mesh_fsdp={mesh_fsdp} does not divide {where}")
   data = n // mesh_fsdp if mesh_data == -1 else mesh_data
   if data * mesh_fsdp != n:
-    raise ValueError(
+    raise ConfigError(
         f"train.mesh_data={mesh_data} x train.mesh_fsdp={mesh_fsdp} != {n} devices")
   # Auto axes keep GSPMD propagation on jax >= 0.11, where make_mesh defaults to explicit axes.
   auto = (jax.sharding.AxisType.Auto,) * 2
-  return jax.make_mesh((data, mesh_fsdp), BATCH_AXES, axis_types=auto, devices=devices)
+  if slices == 1:
+    return jax.make_mesh((data, mesh_fsdp), BATCH_AXES, axis_types=auto, devices=devices)
+  # fsdp divides a slice's devices, so data (= slices x what fsdp leaves of one) splits too.
+  from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
+  grid = mesh_utils.create_hybrid_device_mesh(
+      (data // slices, mesh_fsdp), (slices, 1), devices,
+      allow_split_physical_axes=devices[0].device_kind in ("TPU v5 lite", "TPU v5e"))
+  return Mesh(grid, BATCH_AXES, axis_types=auto)
+
+
+def num_slices(devices) -> int:
+  """How many TPU slices `devices` span (1 for anything without a `slice_index`)."""
+  return len({getattr(d, "slice_index", 0) or 0 for d in devices})
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import hostmem
 from jaxgan import config as config_lib
-from jaxgan import errors, losses, models, nonfinite, optim
+from jaxgan import distributed, errors, losses, models, nonfinite, optim, profile
 from jaxgan import lock as lock_lib
 from jaxgan import sharding as shard_lib
 from jaxgan import voicegan
@@ -619,6 +619,7 @@ class _Run:
     if tc.compilation_cache:
       _enable_compilation_cache(workdir)
     self.mesh = shard_lib.make_mesh(tc.mesh_data, tc.mesh_fsdp)
+    distributed.quiet_followers()
     pipeline.check_batch(config, self.mesh, jax.process_count())
     resolve_styles(config)
     pipeline.resolve_track_facts(config)
@@ -705,8 +706,10 @@ class _Run:
   def _loop(self) -> None:
     tc = self.config.train
     examples_per_step = tc.global_batch * self.config.loss.n_critic
+    trace = profile.TraceWindow.for_run(self.config, self.workdir, self.step)  # profile_steps
     with _StopSignal() as stop:
       while self.step < tc.num_steps:
+        trace.update(self.step, self.state)
         with jax.profiler.StepTraceAnnotation("train", step_num=self.step):
           self.state, metrics, self.health = self.step_fn(self.state, self.batch, self.health)
         self.step += 1
@@ -750,6 +753,7 @@ class _Run:
           break
         if step < tc.num_steps:
           self.batch = next(self.batches)
+    trace.close(self.state)
     self._write_pending()   # its health is older than the look before the last save
 
   def _write_pending(self) -> dict | None:

@@ -1,12 +1,14 @@
 """`jaxgan profile`: timings, FLOP accounting over the critic loop, the trace, bad input."""
 
 import json
+import logging
 import os
 
 import jax
 import pytest
 
 from jaxgan import cli, config as config_lib, profile
+from tests.tiny_run import train_tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
@@ -67,3 +69,69 @@ def test_profile_times_the_steady_state_unless_told_otherwise(tmp_path):
   with pytest.raises(ValueError, match="start_step=-1"):
     profile.profile(config_lib.load_config(TINY), str(tmp_path / "c"), steps=1,
                     input="synthetic", start_step=-1)
+
+
+class _FakeDevice:
+  platform = "fake"
+
+  def __init__(self, kind):
+    self.device_kind = kind
+
+
+@pytest.mark.parametrize("kind,peak", [
+    ("TPU v4", 275e12), ("TPU v5 lite", 197e12), ("TPU v5", 459e12), ("TPU v6 lite", 918e12),
+    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989e12),
+    ("NVIDIA B200", 2250e12), ("NVIDIA A100-SXM4-80GB", 312e12)])
+def test_datasheet_peak_by_device_kind(kind, peak):
+  assert profile.device_peak(_FakeDevice(kind)) == (peak, f"datasheet bf16 peak of {kind}")
+
+
+def test_unknown_kinds_have_no_datasheet_peak():
+  # A v4i is not a v4, and a made-up "NVIDIA H1000" is not an H100.
+  for kind in ("TPU v4 lite", "TPU7x", "NVIDIA H1000", "cpu", ""):
+    assert profile.known_peak(kind) is None, kind
+
+
+def test_only_process_0_writes_the_json_and_the_trace(tmp_path, monkeypatch):
+  monkeypatch.setattr(jax, "process_index", lambda *a: 1)
+  result = profile.profile(config_lib.load_config(TINY), str(tmp_path), steps=2, warmup=1,
+                           trace_steps=2, input="synthetic")
+  assert result["step_ms_p50"] > 0 and result["trace_dir"] is None
+  assert not (tmp_path / "profile.json").exists() and not (tmp_path / "profile").exists()
+
+
+def test_trace_window_of_a_run():
+  config = config_lib.load_config(TINY, ["--config.train.profile_steps=3",
+                                         "--config.train.num_steps=100"])
+  window = profile.TraceWindow.for_run(config, "/w", start=40)
+  assert (window.first, window.steps, window.enabled) == (50, 3, True)
+  assert window.directory == os.path.join("/w", "profile")
+  # A run too short for the warm-up traces its last steps.
+  assert profile.TraceWindow.for_run(config, "/w", start=96).first == 97
+  config.train.profile_start = 20
+  assert profile.TraceWindow.for_run(config, "/w", start=0).first == 20
+  assert not profile.TraceWindow.for_run(config, "/w", start=30).enabled   # resumed past it
+  config.train.profile_steps = 0
+  assert not profile.TraceWindow.for_run(config, "/w", start=0).enabled
+  with pytest.raises(config_lib.ConfigError, match="train.profile_start=-2 must be a step"):
+    config_lib.load_config(TINY, ["--config.train.profile_start=-2"])
+
+
+def test_train_with_profile_steps_leaves_a_trace(tmp_path):
+  workdir = train_tiny(tmp_path / "run", "--config.train.profile_steps=2", steps=5)
+  traces = [f for _, _, files in os.walk(workdir / "profile") for f in files]
+  assert any(f.endswith((".xplane.pb", ".trace.json.gz")) for f in traces), traces
+
+
+def test_followers_log_warnings_only(monkeypatch):
+  from jaxgan import distributed  # pylint: disable=import-outside-toplevel
+  logger = logging.getLogger("jaxgan")
+  before = logger.level
+  try:
+    distributed.quiet_followers()   # process 0: as configured
+    assert logger.level == before
+    monkeypatch.setattr(jax, "process_index", lambda *a: 1)
+    distributed.quiet_followers()
+    assert not logger.isEnabledFor(logging.INFO) and logger.isEnabledFor(logging.WARNING)
+  finally:
+    logger.setLevel(before)
