@@ -4,7 +4,7 @@ VENV ?= $(if $(filter python3,$(PYTHON)),.venv,.venv-$(notdir $(PYTHON)))
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test clean
+.PHONY: demo test test-slow clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m jaxgan.demo
 
+# Each test file runs in one worker, so its module fixtures (trained runs, built data sets) are
+# made once. `make test` leaves out the tests marked slow (several `jaxgan` processes each:
+# multi-host, preemption, pod and SLURM launches, kill -9); `make test-slow` runs those.
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
+
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 tests
+	$(PYTEST) -m "not slow" tests
+
+test-slow: $(STAMP)
+	$(PYTEST) -m slow tests
 
 clean:
 	rm -rf $(VENV) runs samples
