@@ -344,22 +344,35 @@ def make_engine(config, mesh: Mesh) -> "Engine | voicegan.VoiceEngine":
 
 
 class _StopSignal:
-  """Turns SIGTERM/SIGINT into a flag checked between steps, so a final checkpoint gets saved."""
+  """Turns SIGTERM/SIGINT into a stop between steps, so a final checkpoint gets saved.
+
+  One process: a flag the loop reads. Several: SIGTERM is left to the handler JAX's preemption
+  notifier installed at jax.distributed.initialize (it tells every process through the
+  coordination service, and Orbax's reached_preemption then stops them all at the same step);
+  a Python handler would replace it. SIGINT (Ctrl-C) is passed on to it as a SIGTERM.
+  """
 
   def __init__(self):
     self.received: int | None = None
     self._previous = {}
 
   def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    multi = jax.process_count() > 1
+    handlers = ({signal.SIGINT: self._to_notifier} if multi
+                else {signal.SIGTERM: self._handle, signal.SIGINT: self._handle})
+    for sig, handler in handlers.items():
       try:
-        self._previous[sig] = signal.signal(sig, self._handle)
+        self._previous[sig] = signal.signal(sig, handler)
       except ValueError:  # not the main thread: leave signals alone
         pass
     return self
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
     self.received = signum
+
+  def _to_notifier(self, signum, frame):  # pylint: disable=unused-argument
+    self.received = signum
+    os.kill(os.getpid(), signal.SIGTERM)
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():

@@ -6,6 +6,7 @@ A SIGTERM mid-run must leave a checkpoint from which a restart continues.
 """
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -104,3 +105,49 @@ def test_sigterm_saves_and_restart_continues(tmp_path):
   assert again.returncode == 0, again.stderr[-3000:]
   _, final = _restore(workdir, config)
   assert final == target
+
+
+def _wait_for_training(workdir, procs, timeout=300):
+  """Until TensorBoard events appear (the loop has started), failing early if a process died."""
+  deadline = time.time() + timeout
+  events = workdir / "tensorboard"
+  while not (events.exists() and any(events.iterdir())):
+    assert time.time() < deadline, "training never started"
+    for p in procs:
+      assert p.poll() is None, p.communicate()[0][-3000:]
+    time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
+  workdir = tmp_path / "run"
+  port = _free_port()
+  procs = [
+      subprocess.Popen(
+          _train_cmd(workdir, "--config.train.num_steps=100000",
+                     "--config.train.ckpt_every=1000", "--coordinator", f"127.0.0.1:{port}",
+                     "--num-processes", "2", "--process-id", str(i)),
+          env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+  try:
+    _wait_for_training(workdir, procs)
+    time.sleep(2.0)
+    procs[1].send_signal(signal.SIGTERM)    # a preempted worker: not the coordinator
+    outs = [p.communicate(timeout=180)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  stops = [re.findall(r"stopping at step (\d+) on request", out) for out in outs]
+  assert stops[0] and stops[0] == stops[1], outs   # both hosts, the same step
+  stopped_at = int(stops[0][0])
+  config = config_lib.load_config(TINY)
+  _, saved = _restore(workdir, config)
+  assert saved == stopped_at and 0 < saved < 1000
+  # The rerun (one process here) resumes at that step: nothing lost.
+  again = subprocess.run(_train_cmd(workdir, f"--config.train.num_steps={saved + 3}"),
+                         env=_env(1), capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f"at step {saved}" in again.stderr + again.stdout
+  assert _restore(workdir, config)[1] == saved + 3
