@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="multi-slice: this many slices, folded into the data axis")
   p.add_argument("--no-sampler", action="store_true", help="compile the train step only")
   p.add_argument("--json", action="store_true", help="machine-readable output")
-  p.set_defaults(func=cmd_compile)
+  p.set_defaults(func=cmd_compile, overrides=True)
 
   p = sub.add_parser("sample", help="write MIDI files, a PNG grid and metrics from a run")
   _add_source_flags(p)
