@@ -12,7 +12,8 @@ import jax
 import pytest
 
 from jaxgan import checkpoint as ckpt_lib
-from jaxgan import sample, train
+from jaxgan import config as config_lib
+from jaxgan import engines, sample, sharding
 from tests import golden
 
 with open(golden.FIXTURE) as _f:
@@ -31,7 +32,7 @@ def test_step_reproduces_the_saved_results_bitwise(name):
   if golden.host() != SAVED["host"]:
     pytest.skip(f"the fixture was written with {SAVED['host']}, this is {golden.host()}: "
                 "XLA's CPU kernels may round differently")
-  got = golden.run(name, train.make_engine)
+  got = golden.run(name, engines.make_engine)
   want = SAVED["scenarios"][name]
   assert got["state"] == want["state"]
   assert {k: got["metrics"][k] for k in want["metrics"]} == want["metrics"]
@@ -42,8 +43,8 @@ def test_checkpoint_of_the_earlier_version_restores(tmp_path):
   with open(os.path.join(OLD_RUN, "digests.json")) as f:
     want = json.load(f)
   # As the trainer resumes: into the abstract state of the model the run's config builds.
-  config = train.load_run_config(str(workdir))
-  engine = train.make_engine(config, train.shard_lib.make_mesh(devices=jax.devices()[:1]))
+  config = config_lib.load_run_config(str(workdir))
+  engine = engines.make_engine(config, sharding.make_mesh(devices=jax.devices()[:1]))
   ckpt = ckpt_lib.Checkpointer(str(workdir / "checkpoints"), every=1, keep=1)
   state, step = ckpt.restore_latest(engine.abstract_with_shardings())
   ckpt.close()

@@ -18,7 +18,7 @@ import pytest
 
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
-from jaxgan import sharding, train
+from jaxgan import gan, sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
@@ -44,7 +44,7 @@ def _train_cmd(workdir, *extra):
 
 
 def _restore(workdir, config):
-  engine = train.Engine(config, sharding.make_mesh())
+  engine = gan.Engine(config, sharding.make_mesh())
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), every=1, keep=3)
   state, step = ckpt.restore_latest(engine.abstract_with_shardings())
   ckpt.close()
