@@ -140,7 +140,7 @@ class _Run:
     self.health = jax.jit(lambda: nonfinite.new_health(poison_at),
                           out_shardings=shard_lib.replicated(self.mesh))()
     self.batches = pipeline.train_iterator(self.config, self.mesh, start_step=start,
-                                             checked=True)
+                                           checked=True)
     self.batch = next(self.batches)
     t0 = time.perf_counter()
     self.step_fn = self.step_jit.lower(self.state, self.batch, self.health).compile()
