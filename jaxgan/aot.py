@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgan import config as config_lib
+from jaxgan import engines, gan, profiling
 from jaxgan import sharding as shard_lib
 
 GIB = 2**30
@@ -188,11 +189,12 @@ def abstract_batch(config, mesh) -> dict[str, jax.ShapeDtypeStruct]:
 def _resolve_data_facts(config) -> list[str]:
   """What `jaxgan train` reads from the data set before building the engine; a data set not
   built on this machine leaves the defaults, with a note (the shapes barely depend on them)."""
-  from jaxgan import train  # pylint: disable=import-outside-toplevel
+  # Deferred: TensorFlow starts only when a data set is read.
+  from jaxgan.data import pipeline  # pylint: disable=import-outside-toplevel
   notes = []
   d = config.data
   try:
-    train.resolve_styles(config)
+    pipeline.resolve_styles(config)
   except config_lib.ConfigError:
     raise
   except Exception as e:  # an unbuilt data set: its style names (and their count) are unknown
@@ -202,7 +204,6 @@ def _resolve_data_facts(config) -> list[str]:
         f"--config.conditioning.styles=\"('a', 'b')\"") from None
   if d.name != "synthetic":
     try:
-      from jaxgan.data import pipeline  # pylint: disable=import-outside-toplevel
       pipeline.resolve_track_facts(config)
     except config_lib.ConfigError as e:
       if "cannot open the data set" not in str(e):
@@ -238,7 +239,6 @@ def compile_for_topology(config, topology: str, *, slices: int = 1, sampler: boo
   Compile-only devices never run anything: call this with the CPU as JAX's backend
   (JAX_PLATFORMS=cpu), as `jaxgan compile` does.
   """
-  from jaxgan import profile, train  # pylint: disable=import-outside-toplevel
   chip, _ = parse_topology(topology)
   devices = topology_devices(topology, slices)
   tc = config.train
@@ -246,7 +246,7 @@ def compile_for_topology(config, topology: str, *, slices: int = 1, sampler: boo
   hosts = len({d.process_index for d in devices})
   config_lib.check_batch(config, mesh, hosts)
   notes = _resolve_data_facts(config)
-  engine = train.make_engine(config, mesh)
+  engine = engines.make_engine(config, mesh)
   state = engine.abstract_with_shardings()
   batch = abstract_batch(config, mesh)
 
@@ -264,9 +264,9 @@ def compile_for_topology(config, topology: str, *, slices: int = 1, sampler: boo
   report["compile_s"] = time.perf_counter() - t
   flops, seconds = _cost(step)
   # XLA counts a loop body once: add (or take off) the D updates a steady step makes beyond
-  # those it counted, as `jaxgan profile` does (see profile.profile).
+  # those it counted, as `jaxgan profile` does (see profiling.profile).
   accounting = "whole step"
-  if isinstance(engine, train.Engine):
+  if isinstance(engine, gan.Engine):
     lc = config.loss
     counted = 2 if lc.reuse_fake and not engine.single_critic else 1
     extra = lc.n_critic - counted
@@ -275,7 +275,7 @@ def compile_for_topology(config, topology: str, *, slices: int = 1, sampler: boo
       flops += extra * c_flops
       seconds = seconds + extra * c_seconds if seconds and c_seconds else seconds
       accounting = f"step {extra:+d} x critic update"
-    report["steady_from_step"] = profile.steady_step(config)
+    report["steady_from_step"] = profiling.steady_step(config)
   examples = tc.global_batch * config.loss.n_critic
   report["step"] = dict(
       _memory(step), flops_per_device=flops, flops=flops * len(devices),

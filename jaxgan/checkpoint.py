@@ -20,6 +20,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxgan import errors
+from jaxgan import workdir as workdir_lib
 
 log = logging.getLogger("jaxgan")
 # Orbax writes a step into "<step>.orbax-checkpoint-tmp..." and renames it when complete.
@@ -87,12 +88,20 @@ class Checkpointer:
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
-  def restore_latest(self, abstract_state):
-    """(state, step) of the newest checkpoint that restores, or (None, None) when none does."""
+  def restore_latest(self, abstract_state, *, partial: bool = False):
+    """(state, step) of the newest checkpoint that restores, or (None, None) when none does.
+
+    partial: restore only the entries of `abstract_state` (a generator for sampling needs
+    neither the discriminator nor the optimizers)."""
+    if partial:
+      args = ocp.args.PyTreeRestore(
+          abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state),
+          partial_restore=True)
+    else:
+      args = ocp.args.StandardRestore(abstract_state)
     for step in reversed(self.steps()):
       try:
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=args))
         return restored["state"], step
       except Exception as e:  # orbax raises many types for truncated or garbled files
         log.warning("checkpoint %s/%d does not restore (%s: %s); trying the previous one",
@@ -165,8 +174,8 @@ def quiet_failed_saves() -> None:
 def restore_unstructured(directory: str):
   """The newest state of another run as host arrays (for warm starts), whatever its config."""
   directory = os.path.abspath(directory)
-  if os.path.isdir(os.path.join(directory, "checkpoints")):
-    directory = os.path.join(directory, "checkpoints")
+  if os.path.isdir(workdir_lib.checkpoints(directory)):
+    directory = workdir_lib.checkpoints(directory)
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
   step = manager.latest_step()
   if step is None:

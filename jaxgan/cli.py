@@ -1,4 +1,8 @@
-"""The `jaxgan` command line: a thin layer over functions a Python user can call directly."""
+"""The `jaxgan` command line: a thin layer over functions a Python user can call directly.
+
+Each command imports what it uses when it runs, so that `jaxgan --help` and a refused
+workdir answer before JAX and TensorFlow have started.
+"""
 
 from __future__ import annotations
 
@@ -101,6 +105,13 @@ def cmd_prepare(args, extra) -> int:
   return 0
 
 
+def _with_split_mode(config, data_mode: str | None):
+  """`config` with --data-mode, when given, as data.split_mode (saved with the run)."""
+  if data_mode:
+    config.data.split_mode = data_mode
+  return config
+
+
 def cmd_train(args, extra) -> int:
   if not (args.coordinator or args.distributed or os.environ.get("JAXGAN_COORDINATOR")):
     # A busy workdir is refused before the slow imports (the lock is taken in train).
@@ -108,26 +119,25 @@ def cmd_train(args, extra) -> int:
     lock.WorkdirLock(args.workdir, force=args.force).check()
   from jaxgan import config as config_lib  # pylint: disable=import-outside-toplevel
   _init_distributed(args)
-  config = config_lib.load_config(args.config, extra)
+  config = _with_split_mode(config_lib.load_config(args.config, extra), args.data_mode)
   from jaxgan import train  # pylint: disable=import-outside-toplevel
-  train.train_and_evaluate(config, args.workdir, data_mode=args.data_mode,
-                           progress=not args.quiet, force=args.force)
+  train.train_and_evaluate(config, args.workdir, progress=not args.quiet, force=args.force)
   return 0
 
 
 def cmd_profile(args, extra) -> int:
   from jaxgan import config as config_lib  # pylint: disable=import-outside-toplevel
   _init_distributed(args)
-  config = config_lib.load_config(args.config, extra)
-  from jaxgan import profile  # pylint: disable=import-outside-toplevel
-  result = profile.profile(config, args.workdir, steps=args.steps, warmup=args.warmup,
-                           trace_steps=args.trace_steps, data_mode=args.data_mode,
-                           input=args.input, start_step=args.start_step)
+  config = _with_split_mode(config_lib.load_config(args.config, extra), args.data_mode)
+  from jaxgan import profiling  # pylint: disable=import-outside-toplevel
+  result = profiling.profile(config, args.workdir, steps=args.steps, warmup=args.warmup,
+                             trace_steps=args.trace_steps, input=args.input,
+                             start_step=args.start_step)
   if args.json:
     import json  # pylint: disable=import-outside-toplevel
     print(json.dumps(result, indent=2))
   else:
-    print(profile.format_table(result))
+    print(profiling.format_table(result))
   return 0
 
 
@@ -153,10 +163,42 @@ def cmd_compile(args, extra) -> int:
   return 0
 
 
-def cmd_sample(args, extra) -> int:
+def _write_samples(gen, out: str, *, num: int, seed: int = 0, tempo: float = 100.0,
+                   **options) -> list[str]:
+  """`jaxgan sample`'s output: `num` pieces as MIDI files, samples.png and metrics.json in
+  `out`, and the metrics table printed; `options` go to `sample.sample`."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from jaxgan import evaluate, metrics, render, sample  # pylint: disable=import-outside-toplevel
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  from jaxgan import evaluate, metrics, sample  # pylint: disable=import-outside-toplevel
+  key = jax.random.PRNGKey(seed)
+  rolls = []
+  chunk = 256
+  for start in tqdm(range(0, num, chunk), disable=num <= chunk, unit="chunk"):
+    rolls.append(sample.sample(gen, jax.random.fold_in(key, start), min(chunk, num - start),
+                               **options))
+  rolls = np.concatenate(rolls)
+  paths = sample.write_samples(gen, rolls, out, tempo=tempo)
+  spec = evaluate.roll_spec(gen.config, gen.tracks)
+  values = dict(metrics.track_metrics(rolls, spec))
+  values.update(metrics.pair_metrics(rolls, spec))
+  evaluate.write_json({"step": gen.step, "num": len(rolls), "seed": seed,
+                       "metrics": {k: np.asarray(v).tolist() for k, v in values.items()}},
+                      os.path.join(out, "metrics.json"))
+  print(metrics.summary_table({"generated": values}, spec))
+  print(f"wrote {len(paths)} MIDI files, samples.png and metrics.json to {out} "
+        f"(checkpoint step {gen.step})")
+  return paths
+
+
+def _sample_workdir(workdir: str, out: str, *, num: int, seed: int) -> list[str]:
+  """`jaxgan sample --workdir WORKDIR --out OUT --num NUM --seed SEED`."""
+  from jaxgan import sample  # pylint: disable=import-outside-toplevel
+  return _write_samples(sample.Generator.from_workdir(workdir), out, num=num, seed=seed)
+
+
+def cmd_sample(args, extra) -> int:
+  from jaxgan import render, sample  # pylint: disable=import-outside-toplevel
   if args.render:  # a missing program or SoundFont fails before sampling, not after
     render.check_setup(args.soundfont, args.sample_rate)
   gen = _generator(args)
@@ -166,26 +208,9 @@ def cmd_sample(args, extra) -> int:
   if not args.temperature > 0:
     from jaxgan.config import ConfigError  # pylint: disable=import-outside-toplevel
     raise ConfigError(f"--temperature={args.temperature} must be > 0")
-  key = jax.random.PRNGKey(args.seed)
-  rolls = []
-  chunk = 256
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-  for start in tqdm(range(0, args.num, chunk), disable=args.num <= chunk, unit="chunk"):
-    rolls.append(sample.sample(gen, jax.random.fold_in(key, start), min(chunk, args.num - start),
-                               bars=args.bars, truncation=args.truncation,
-                               binarize=args.binarize, style=args.style,
-                               temperature=args.temperature))
-  rolls = np.concatenate(rolls)
-  paths = sample.write_samples(gen, rolls, args.out, tempo=args.tempo)
-  spec = evaluate.roll_spec(gen)
-  values = dict(metrics.track_metrics(rolls, spec))
-  values.update(metrics.pair_metrics(rolls, spec))
-  evaluate.write_json({"step": gen.step, "num": len(rolls), "seed": args.seed,
-                       "metrics": {k: np.asarray(v).tolist() for k, v in values.items()}},
-                      os.path.join(args.out, "metrics.json"))
-  print(metrics.summary_table({"generated": values}, spec))
-  print(f"wrote {len(paths)} MIDI files, samples.png and metrics.json to {args.out} "
-        f"(checkpoint step {gen.step})")
+  paths = _write_samples(gen, args.out, num=args.num, seed=args.seed, tempo=args.tempo,
+                         bars=args.bars, truncation=args.truncation, binarize=args.binarize,
+                         style=args.style, temperature=args.temperature)
   if args.render:
     return _render_wavs("sample", args, paths)
   return 0
@@ -193,7 +218,7 @@ def cmd_sample(args, extra) -> int:
 
 def _restore(args, extra, command: str) -> int:
   import jax  # pylint: disable=import-outside-toplevel
-  from jaxgan import restore, sample  # pylint: disable=import-outside-toplevel
+  from jaxgan import inpaint  # pylint: disable=import-outside-toplevel
   from jaxgan.midi.io import MidiError  # pylint: disable=import-outside-toplevel
   gen = _generator(args)
   if args.style is not None:
@@ -201,11 +226,11 @@ def _restore(args, extra, command: str) -> int:
   key = jax.random.PRNGKey(args.seed)
   try:
     if command == "inpaint":
-      midi = restore.inpaint(gen, args.input, restore.parse_bars(args.bars), key,
+      midi = inpaint.inpaint(gen, args.input, inpaint.parse_bars(args.bars), key,
                              candidates=args.candidates, style=args.style)
     else:
       given = [g.strip() for g in args.given.split(",") if g.strip()]
-      midi = restore.accompany(gen, args.input, given, key, candidates=args.candidates,
+      midi = inpaint.accompany(gen, args.input, given, key, candidates=args.candidates,
                                style=args.style)
   except MidiError as e:
     print(f"jaxgan {command}: {e}", file=sys.stderr)
@@ -243,10 +268,7 @@ def cmd_gallery(args, extra) -> int:
     if not args.workdir:
       raise FileNotFoundError(f"no MIDI files in {folder}: give --workdir to sample some")
     # Exactly what `jaxgan sample` does: MIDI files, samples.png and metrics.json.
-    code = cmd_sample(build_parser().parse_args(
-        ["sample", "--workdir", args.workdir, "--out", folder, "--num", str(args.num or 8)]), [])
-    if code:
-      return code
+    _sample_workdir(args.workdir, folder, num=args.num or 8, seed=0)
   midis = gallery.find_midis(folder)[:args.num]
   stale = render.stale(midis) if args.render else []
   code = _render_wavs("gallery", args, stale) if stale else 0
@@ -257,7 +279,7 @@ def cmd_gallery(args, extra) -> int:
 
 
 def cmd_eval(args, extra) -> int:
-  from jaxgan import evaluate, sample  # pylint: disable=import-outside-toplevel
+  from jaxgan import evaluate  # pylint: disable=import-outside-toplevel
   gen = _generator(args)
   result = evaluate.evaluate(gen, split=args.split, num=args.num, seed=args.seed)
   print(result["table"])
@@ -315,9 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
                      epilog="Any config value can be overridden: --config.train.num_steps=200")
   p.add_argument("--config", required=True, help="configs/NAME.py[:ARG]")
   p.add_argument("--workdir", required=True, help="checkpoints, TensorBoard logs, config.json")
-  p.add_argument("--data-mode", default="shard", choices=("shard", "replicate"),
-                 help="shard: each host reads 1/P of the data; replicate: every host reads "
-                      "all and batches do not depend on the host count")
+  p.add_argument("--data-mode", choices=("shard", "replicate"),
+                 help="sets data.split_mode: shard (default): each host reads 1/P of the "
+                      "data; replicate: every host reads all and batches do not depend on "
+                      "the host count")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.add_argument("--force", action="store_true",
                  help="take the workdir's lock even if another trainer seems to hold it")
@@ -420,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--steps", type=int, default=50, help="timed steps after warm-up")
   p.add_argument("--warmup", type=int, default=5, help="untimed steps before the timed ones")
   p.add_argument("--trace-steps", type=int, default=5, help="steps in the profiler trace")
-  p.add_argument("--data-mode", default="shard", choices=("shard", "replicate"),
+  p.add_argument("--data-mode", choices=("shard", "replicate"),
                  help="as for jaxgan train")
   p.add_argument("--input", default="pipeline", choices=("pipeline", "synthetic"),
                  help="synthetic: one random on-device batch, timing the step alone")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import json
 import importlib.util
 import os
 from collections.abc import Sequence
@@ -17,15 +18,18 @@ from typing import Any
 
 import ml_collections
 
+from jaxgan import errors, models, optim
+from jaxgan import workdir as workdir_lib
+from jaxgan.errors import ConfigError  # noqa: F401  (raised here, caught by the command line)
+from jaxgan.models import voices_config
+
 ConfigDict = ml_collections.ConfigDict
 
 
-class ConfigError(ValueError):
-  """A bad config key or value; the message names the key and what is allowed."""
-
-
 # Keys whose values come from a fixed set. Models and optimizers validate their own sections.
+SPLIT_MODES = ("shard", "replicate")
 CHOICES: dict[str, tuple[Any, ...]] = {
+    "data.split_mode": SPLIT_MODES,
     "loss.kind": ("wgan", "nonsaturating", "hinge", "lsgan"),
     "train.best_mode": ("max", "min"),
     "train.nonfinite": ("stop", "skip", "rollback"),
@@ -67,6 +71,9 @@ def base_config() -> ConfigDict:
   c.data.mono_tracks = ()            # tracks (indices or names) that sound one pitch at a time
   c.data.min_notes = 1               # windows with fewer notes are left out
   c.data.prefetch = 2
+  # How processes split the training data (data/pipeline.py): "shard" (each reads its part of
+  # the split) or "replicate" (each reads all of it: the same batches on any process count).
+  c.data.split_mode = "shard"
   c.data.synthetic_patterns = 4      # "synthetic" only: number of distinct chord patterns
 
   c.model = ConfigDict()             # filled from jaxgan.models presets by config files
@@ -139,20 +146,9 @@ def base_config() -> ConfigDict:
 
 
 def optim_config(learning_rate: float) -> ConfigDict:
-  o = ConfigDict()
-  o.name = "adam"
+  """An optimizer section: `optim.default_config()` at `learning_rate`."""
+  o = optim.default_config()
   o.learning_rate = learning_rate
-  o.b1 = 0.5
-  o.b2 = 0.9
-  o.eps = 1e-8
-  o.weight_decay = 0.0
-  o.momentum = 0.9
-  o.nesterov = True
-  o.schedule = "constant"
-  o.warmup_steps = 0
-  o.decay_steps = 0
-  o.end_lr_factor = 0.0
-  o.clip_norm = 0.0
   return o
 
 
@@ -331,14 +327,13 @@ def validate(config: ConfigDict) -> None:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
       raise ConfigError(f"conditioning.{key}={v!r} must be a positive integer")
   # Sections owned by other modules validate themselves.
-  from jaxgan import models, optim, voicegan  # pylint: disable=import-outside-toplevel
   for name in ("g_optim", "d_optim"):
     try:
       optim.make_optimizer(config[name])
     except ValueError as e:
       raise ConfigError(f"{name}: {e}") from None
-  if voicegan.is_voice_model(config):
-    voicegan.check_config(config)
+  if voices_config.is_voice_model(config):
+    voices_config.check_config(config)
     return
   try:
     models.build(config.model, data_shape(config), conditioning(config, num_styles=1))
@@ -423,3 +418,41 @@ def check_batch(config: ConfigDict, mesh: Any, process_count: int) -> None:
   if mesh is not None and gb % mesh.size:
     raise ConfigError(
         f"train.global_batch={gb} is not divisible by the number of devices ({mesh.size})")
+
+
+# --------------------------------------------------------------------------------------------
+# The config saved with a run (WORKDIR/config.json, see workdir.py).
+
+
+def save_run_config(config: ConfigDict, workdir: str) -> None:
+  """WORKDIR/config.json (one process of a run writes it); raises errors.WriteError when it
+  cannot be written."""
+  path = workdir_lib.config_path(workdir)
+  try:
+    with open(path, "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  except OSError as e:
+    raise errors.WriteError("the run's config", path, errors.reason_of(e)) from None
+
+
+def load_run_config(workdir: str) -> ConfigDict:
+  """The config a workdir was trained with (saved as config.json when training starts)."""
+  path = workdir_lib.config_path(workdir)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir} has no config.json, so no run was trained there: "
+                            f"train one with `jaxgan train --config CONFIG --workdir {workdir}`")
+  with open(path) as f:
+    config = ConfigDict(json.load(f))
+  config.data.meter = tuple(config.data.meter)
+  # Runs from older versions lack keys added since: they get the defaults (the old behaviour).
+  base = base_config()
+  for section, defaults in base.items():
+    if section == "model" or not isinstance(defaults, ConfigDict):
+      continue
+    if section not in config:
+      config[section] = defaults
+    for key, value in defaults.items():
+      if key not in config[section]:
+        config[section][key] = value
+  config.conditioning.styles = tuple(config.conditioning.styles)
+  return config

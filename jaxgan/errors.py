@@ -11,6 +11,10 @@ import re
 _OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)'?")
 
 
+class ConfigError(ValueError):
+  """A bad config key or value; the message names the key and what is allowed."""
+
+
 class NonFiniteError(RuntimeError):
   """The run stopped on non-finite values; the message names the step and the value."""
 

@@ -1,28 +1,60 @@
-"""`jaxgan eval`: musical metrics of generated samples against held-out real data."""
+"""Musical metrics of generated samples against real data: `jaxgan eval`, and the periodic
+evaluation of a training run with the checkpoint it keeps as best.
+
+Both read the pieces through one `roll_spec` (the data set's tracks, drums included).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
+import logging
 import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from jaxgan import checkpoint as ckpt_lib
+from jaxgan import config as config_lib
 from jaxgan import metrics as metrics_lib
+from jaxgan import sample, voice_metrics, voicegan
+from jaxgan import workdir as workdir_lib
+from jaxgan.midi.song import Track
+
+log = logging.getLogger("jaxgan")
 
 
-def roll_spec(gen) -> metrics_lib.RollSpec:
-  d = gen.config.data
+def roll_spec(config, tracks: Sequence[Track]) -> metrics_lib.RollSpec:
+  """How the metrics read a run's pieces: its tracks' names and which of them are drums."""
+  d = config.data
   return metrics_lib.RollSpec(
       steps_per_beat=d.steps_per_beat, lowest_pitch=d.lowest_pitch,
-      track_names=tuple(t.name for t in gen.tracks),
-      drum_tracks=tuple(i for i, t in enumerate(gen.tracks) if t.is_drum))
+      track_names=tuple(t.name for t in tracks),
+      drum_tracks=tuple(i for i, t in enumerate(tracks) if t.is_drum))
+
+
+def run_spec(config) -> metrics_lib.RollSpec:
+  """`roll_spec` of a config's data set (read once per data set)."""
+  d = config.data
+  return _run_spec(d.name, d.data_dir or "", int(d.num_tracks), int(d.steps_per_beat),
+                   int(d.lowest_pitch))
+
+
+@functools.lru_cache(maxsize=8)
+def _run_spec(name, data_dir, num_tracks, steps_per_beat, lowest_pitch) -> metrics_lib.RollSpec:
+  data = config_lib.ConfigDict(dict(name=name, data_dir=data_dir, num_tracks=num_tracks,
+                                    steps_per_beat=steps_per_beat, lowest_pitch=lowest_pitch))
+  config = config_lib.ConfigDict({"data": data})
+  return roll_spec(config, sample.tracks_for(config))
 
 
 def real_windows(config, split: str, num: int) -> np.ndarray:
   """Up to `num` real piano-roll windows of `split` (uint8, onset-marked), in a fixed order."""
-  from jaxgan.data import pipeline  # pylint: disable=import-outside-toplevel
+  from jaxgan.data import pipeline  # pylint: disable=import-outside-toplevel  (TensorFlow)
   rolls = []
   for batch in pipeline.eval_batches(config, split, batch_size=min(256, num)):
     rolls.append(batch["pianoroll"][batch["valid"]])
@@ -42,10 +74,9 @@ def evaluate(gen, *, split: str = "test", num: int = 256, seed: int = 0) -> dict
 
   A voices model (model.arch="voices") gets `evaluate_voices` instead.
   """
-  from jaxgan import sample  # pylint: disable=import-outside-toplevel
   if gen.is_voice_model:
     return evaluate_voices(gen, split=split, num=num, seed=seed)
-  spec = roll_spec(gen)
+  spec = roll_spec(gen.config, gen.tracks)
   generated = sample.sample(gen, jax.random.PRNGKey(seed), num)
   real = real_windows(gen.config, split, num)
   rows = {"generated": _merged(generated, spec)}
@@ -85,7 +116,6 @@ def fill_windows(gen, windows: np.ndarray, known: np.ndarray, key: jax.Array, *,
                  ) -> np.ndarray:
   """uint8 rolls: `windows` with the cells not `known` (bool [N, T, tracks]) redrawn by the
   voices model's Gibbs sampler; known cells come back unchanged."""
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   engine = gen.engine
   # The model's own schedule, or one constant temperature when asked for.
   if temperature is None:
@@ -124,8 +154,7 @@ def evaluate_voices(gen, *, split: str = "test", num: int = 64, seed: int = 0,
   - "accompaniment": soprano given, alto/tenor/bass generated.
   Onsets are compared at pitch changes: the standard split cannot mark repeated notes.
   """
-  from jaxgan import sample, voicegan, voice_metrics  # pylint: disable=import-outside-toplevel
-  spec = roll_spec(gen)
+  spec = roll_spec(gen.config, gen.tracks)
   key = jax.random.PRNGKey(seed)
   real = split_windows(gen.config, split)
   generated = sample.sample(gen, key, num)
@@ -168,3 +197,159 @@ def evaluate_voices(gen, *, split: str = "test", num: int = 64, seed: int = 0,
     tables.append("\n".join(lines))
   result["table"] = "\n\n".join(tables)
   return result
+
+
+# --------------------------------------------------------------------------------------------
+# During training: the periodic evaluation and the best checkpoint.
+
+
+@dataclasses.dataclass(frozen=True)
+class DataReference:
+  """What the default evaluation compares samples with, computed once per run: the real
+  windows' per-track metrics and per-window song features."""
+
+  track: dict[str, np.ndarray]
+  features: dict[str, np.ndarray]
+
+
+def data_reference(config, windows: np.ndarray) -> DataReference:
+  spec = run_spec(config)
+  return DataReference(track=metrics_lib.track_metrics(windows, spec),
+                       features=metrics_lib.song_features(windows, spec))
+
+
+def sample_metrics(engine, state: dict, reference: DataReference | None = None
+                   ) -> dict[str, float]:
+  """The default periodic evaluation: MuseGAN metrics of EMA samples, one scalar per track;
+  with a `reference` of real windows also how far they are from the data: eval/gap/<metric>
+  (relative difference, the data's value floored at 0.1, averaged over tracks; eval/gap/mean
+  over metrics) and the set-level overlapping area eval/oa/<feature> (eval/oa/mean; 1 = the
+  same).
+  """
+  rolls = np.asarray(jax.device_get(
+      engine.sample_ema(state, jax.random.PRNGKey(0), engine.config.train.eval_num)))
+  spec = run_spec(engine.config)
+  out = {}
+  generated = metrics_lib.track_metrics(rolls, spec)
+  for name, values in generated.items():
+    for i, v in enumerate(np.asarray(values, float)):
+      if np.isfinite(v):
+        out[f"eval/{name}/track{i}"] = float(v)
+  if reference is None:
+    return out
+  gaps = []
+  for name, values in generated.items():
+    g, r = np.asarray(values, float), np.asarray(reference.track[name], float)
+    ok = np.isfinite(g) & np.isfinite(r)
+    if ok.any():
+      # Relative to the data's value, floored so that a metric the data has at ~0 (EB of
+      # full chorales) does not swamp the rest.
+      gap = float(np.mean(np.abs(g[ok] - r[ok]) / np.maximum(np.abs(r[ok]), 0.1)))
+      out[f"eval/gap/{name}"] = gap
+      gaps.append(gap)
+  if gaps:
+    out["eval/gap/mean"] = float(np.mean(gaps))
+  areas = []
+  for name, row in metrics_lib.compare_sets(metrics_lib.song_features(rolls, spec),
+                                            reference.features).items():
+    if np.isfinite(row["OA"]):
+      out[f"eval/oa/{name}"] = float(row["OA"])
+      areas.append(float(row["OA"]))
+  if areas:
+    out["eval/oa/mean"] = float(np.mean(areas))
+  return out
+
+
+class BestKeeper:
+  """Keeps the checkpoint with the best value of one eval scalar in WORKDIR/best, with
+  best.json saying which step and value; survives restarts."""
+
+  def __init__(self, workdir: str, metric: str, mode: str):
+    self.metric, self.mode = metric, mode
+    self.json_path = workdir_lib.best_info(workdir)
+    self.checkpointer = ckpt_lib.Checkpointer(workdir_lib.checkpoints(workdir, best=True),
+                                              every=1, keep=1, clean_tmp=True)
+    self.value = None
+    if os.path.exists(self.json_path):
+      with open(self.json_path) as f:
+        self.value = json.load(f).get("value")
+
+  def better(self, value: float) -> bool:
+    if not np.isfinite(value):
+      return False
+    if self.value is None:
+      return True
+    return value > self.value if self.mode == "max" else value < self.value
+
+  def offer(self, step: int, state: dict, scalars: dict[str, float]) -> bool:
+    if self.metric not in scalars:
+      raise config_lib.ConfigError(
+          f"train.best_metric={self.metric!r} is not among the eval scalars: "
+          f"{', '.join(sorted(scalars))}")
+    value = float(scalars[self.metric])
+    if not self.better(value):
+      return False
+    self.checkpointer.save(step, state, force=True)
+    self.checkpointer.wait()
+    self.value = value
+    if jax.process_index() == 0:
+      with open(self.json_path, "w") as f:
+        json.dump({"step": int(step), "metric": self.metric, "value": value}, f)
+    log.info("step %d: best %s so far (%.4g), kept in %s", step, self.metric, value,
+             os.path.dirname(self.json_path))
+    return True
+
+  def close(self) -> None:
+    self.checkpointer.close()
+
+
+def eval_windows(config) -> np.ndarray | None:
+  """Real windows of the eval split for the default evaluation (None when there are none)."""
+  try:
+    real = real_windows(config, config.data.eval_split, config.train.eval_num)
+  except Exception as e:  # no such split in this data set: evaluate without the data
+    log.warning("no %s windows for evaluation (%s); eval/gap and eval/oa are off",
+                config.data.eval_split, e)
+    return None
+  return real if len(real) else None
+
+
+
+
+def periodic_evaluation(config) -> Callable:
+  """The periodic evaluation of a config: voices' or MuseGAN metrics against the data."""
+  windows = eval_windows(config)
+  if voicegan.is_voice_model(config):
+    return voice_evaluation(config, windows)
+  reference = data_reference(config, windows) if windows is not None else None
+  return functools.partial(sample_metrics, reference=reference)
+
+
+def voice_evaluation(config, windows: np.ndarray | None) -> Callable[[Any, dict], dict]:
+  """The periodic evaluation of a voices run: per voice the rest share and notes per bar of
+  EMA samples (beside the data's), and the held-out NLL per hidden cell of four masks."""
+  spec = run_spec(config)
+  reference = None
+  if windows is not None and len(windows):
+    reference = voice_metrics.statistics(voice_metrics.from_rolls(np.asarray(windows), spec))
+
+  def evaluate(engine, state: dict) -> dict[str, float]:
+    num = min(int(config.train.eval_num), 64)
+    rolls = np.asarray(jax.device_get(engine.sample_ema(state, jax.random.PRNGKey(0), num)))
+    stats = voice_metrics.statistics(voice_metrics.from_rolls(rolls, spec))
+    out = {}
+    for name in ("rest_share", "notes_per_bar", "pitches_per_step"):
+      for v, value in enumerate(np.asarray(stats[name], float)):
+        if np.isfinite(value):
+          out[f"eval/{name}/voice{v}"] = float(value)
+      if reference is not None and name != "pitches_per_step":
+        gen, ref = np.asarray(stats[name], float), np.asarray(reference[name], float)
+        ok = np.isfinite(gen) & np.isfinite(ref)
+        if ok.any():
+          out[f"eval/gap/{name}"] = float(np.mean(np.abs(gen[ok] - ref[ok])
+                                                  / np.maximum(np.abs(ref[ok]), 0.05)))
+    if windows is not None and len(windows):
+      out.update(voicegan.heldout_nll(engine, state["g_ema"], windows))
+    return out
+
+  return evaluate

@@ -2,10 +2,10 @@
 
 XLA's CPU runtime allocates each execution's scratch ("temp") buffer anew, tens of MB for a GAN
 step. glibc serves blocks above 32 MB with a fresh `mmap` and returns them with `munmap`, so every
-step touches tens of thousands of new pages and takes a page fault on each (about 14,600 per
-`musegan_tutorial` step, 30-40 % of its wall time on a 2-core VM). With `mmap` switched off for
-malloc and the heap's top kept instead of trimmed, the buffer is carved from pages that are
-already mapped and the faults drop to ~150 per step. Measured figures: BENCHMARKS.md.
+step touches tens of thousands of new pages and takes a page fault on each, a large share of a
+small step's wall time. With `mmap` switched off for malloc and the heap's top kept instead of
+trimmed, the buffer is carved from pages that are already mapped and nearly all the faults go.
+Measured figures: BENCHMARKS.md.
 
 This is a process-wide malloc setting (glibc `mallopt`), applied once when a CPU engine is built;
 elsewhere (other C libraries, macOS, accelerators' device memory) it is a no-op. The price: memory

@@ -320,7 +320,7 @@ def beat_tonal_distances(active: np.ndarray, spec: RollSpec, v1_compat: bool = F
 
 
 # Samples are processed in chunks of about this many cells, so that the dozen passes over each
-# chunk mostly hit the CPU caches instead of memory (up to 1.5x faster than whole-batch passes).
+# chunk mostly hit the CPU caches instead of memory (faster than whole-batch passes).
 _CHUNK_CELLS = 1 << 22
 
 

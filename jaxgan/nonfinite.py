@@ -39,7 +39,7 @@ from jaxgan.errors import NonFiniteError  # noqa: F401  (raised by the loop, tra
 MODES = ("stop", "skip", "rollback")
 # The state's weights. The rest follows from them and from the gradients, whose norms are
 # metrics: the EMA mixes old and new weights, the optimizer moments are sums of gradients and
-# their squares. Checking every leaf of the state too cost 3-4x as much (BENCHMARKS.md).
+# their squares. Checking every leaf of the state too cost several times as much (BENCHMARKS.md).
 WEIGHTS = ("g", "d")
 FAULT_ENV = "JAXGAN_FAULT_NAN_STEP"
 # Health values travel in the metrics under this prefix; the loop strips them before logging.

@@ -23,18 +23,18 @@ import numpy as np
 
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
-from jaxgan import models
+from jaxgan import engines, models
 from jaxgan import sharding as shard_lib
 from jaxgan import voicegan
+from jaxgan import workdir as workdir_lib
 from jaxgan.midi import io as midi_io
 from jaxgan.midi import pianoroll
 from jaxgan.midi.song import Track
 
 BINARIZE = ("threshold", "bernoulli")
-LPD5_NAMES = ("Drums", "Piano", "Guitar", "Bass", "Strings")
 
 
-def _tracks_for(config) -> tuple[Track, ...]:
+def tracks_for(config) -> tuple[Track, ...]:
   """The data set's tracks (names, programs, drums); a generic guess when it is not built."""
   d = config.data
   if d.name != "synthetic":
@@ -52,8 +52,8 @@ def _tracks_for(config) -> tuple[Track, ...]:
 class Generator:
   """A trained generator ready to sample: module, EMA variables, and what the data looked like."""
 
-  config: Any
-  engine: Any
+  config: config_lib.ConfigDict
+  engine: engines.Model      # the model alone: no optimizer, no train state
   variables: dict
   step: int
   tracks: tuple[Track, ...]
@@ -71,34 +71,34 @@ class Generator:
     if not os.path.isdir(workdir):
       raise FileNotFoundError(f"{workdir}: no such workdir (train one with `jaxgan train "
                               "--config CONFIG --workdir DIR`, or use --pretrained jsb)")
-    from jaxgan import train  # pylint: disable=import-outside-toplevel
-    config = train.load_run_config(workdir)
-    mesh = shard_lib.make_mesh(-1, 1)
-    engine = train.make_engine(config, mesh)
-    folder = os.path.join(workdir, "best", "checkpoints") if best else os.path.join(
-        workdir, "checkpoints")
+    config = config_lib.load_run_config(workdir)
+    model = engines.make_model(config, shard_lib.make_mesh(-1, 1))
+    folder = workdir_lib.checkpoints(workdir, best=best)
     if best and not os.path.isdir(folder):
       raise FileNotFoundError(f"{workdir}: no best checkpoint (train with "
                               "--config.train.best_metric=... and eval_every > 0)")
+    target = model.abstract_generator()
+    if not use_ema:
+      target["g"] = target.pop("g_ema")
     ckpt = ckpt_lib.Checkpointer(folder, every=1, keep=10 ** 6)
-    state, step = ckpt.restore_latest(engine.abstract_with_shardings())
+    state, step = ckpt.restore_latest(target, partial=True)
     ckpt.close()
     if state is None:
       raise FileNotFoundError(f"no checkpoint in {folder}: train one with `jaxgan train "
                               f"--config CONFIG --workdir {workdir}`")
     params = state["g_ema"] if use_ema else state["g"]
-    return cls(config=config, engine=engine, step=int(step), tracks=_tracks_for(config),
-               variables={"params": params, "batch_stats": state["g_stats"]})
+    return cls(config=config, engine=model, step=int(step), tracks=tracks_for(config),
+               variables={"params": params, "batch_stats": state.get("g_stats", {})})
 
   @classmethod
   def from_export(cls, folder: str) -> "Generator":
     """A generator written by `export`: config.json, export.json and generator.msgpack."""
-    from jaxgan import train  # pylint: disable=import-outside-toplevel
-    config = train.load_run_config(folder)
+    config = config_lib.load_run_config(folder)
     with open(os.path.join(folder, EXPORT_INFO)) as f:
       info = json.load(f)
-    engine = train.make_engine(config, shard_lib.make_mesh(-1, 1))
-    template = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), engine.abstract_state["g"])
+    model = engines.make_model(config, shard_lib.make_mesh(-1, 1))
+    template = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype),
+                            model.abstract_generator()["g_ema"])
     with open(os.path.join(folder, EXPORT_WEIGHTS), "rb") as f:
       try:
         stored = flax.serialization.msgpack_restore(f.read())
@@ -108,7 +108,7 @@ class Generator:
     params = jax.tree.map(lambda t, x: jnp.asarray(np.asarray(x), t.dtype), template, params)
     tracks = tuple(Track(name=t["name"], program=int(t["program"]), is_drum=bool(t["is_drum"]))
                    for t in info["tracks"])
-    return cls(config=config, engine=engine, step=int(info["step"]), tracks=tracks,
+    return cls(config=config, engine=model, step=int(info["step"]), tracks=tracks,
                variables={"params": params, "batch_stats": {}})
 
   @property
@@ -201,7 +201,7 @@ def export(gen: Generator, out: str, *, dtype: str = "float16",
   with open(tmp, "wb") as f:
     f.write(flax.serialization.msgpack_serialize(flax.serialization.to_state_dict(params)))
   os.replace(tmp, os.path.join(out, EXPORT_WEIGHTS))
-  with open(os.path.join(out, "config.json"), "w") as f:
+  with open(workdir_lib.config_path(out), "w") as f:
     f.write(gen.config.to_json_best_effort(indent=2))
   info = {"step": gen.step, "dtype": dtype,
           "params": int(sum(x.size for x in jax.tree.leaves(params))),

@@ -12,6 +12,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxgan.errors import ConfigError
+
 BATCH_AXES = ("data", "fsdp")
 
 
@@ -22,7 +24,6 @@ def make_mesh(mesh_data: int = -1, mesh_fsdp: int = 1, devices=None) -> Mesh:
   slices are folded into the data axis, which alone crosses the slower network between slices,
   while FSDP stays inside a slice.
   """
-  from jaxgan.config import ConfigError  # pylint: disable=import-outside-toplevel
   devices = list(jax.devices() if devices is None else devices)
   n = len(devices)
   slices = num_slices(devices)

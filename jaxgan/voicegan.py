@@ -18,7 +18,7 @@ Gumbel-softmax sample whose inverse temperature rises from 1 to `loss.gumbel_bet
 `loss.gumbel_anneal_steps` (`loss.critic_input="gumbel"`), or as the softmax probabilities
 themselves ("softmax").
 
-Sampling (`VoiceEngine.rolls`): blocked Gibbs sampling as Coconet does it. The first round draws
+Sampling (`VoiceModel.rolls`): blocked Gibbs sampling as Coconet does it. The first round draws
 every hidden cell from the prediction with all of them hidden; each later round hides again a
 random share of the cells not given, falling from `model.gibbs_pmax` to `model.gibbs_pmin` over the
 first `model.gibbs_anneal` of the rounds, and redraws them from the generator at
@@ -34,94 +34,21 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from jax.sharding import Mesh
 
 from jaxgan import config as config_lib
-from jaxgan import hostmem, losses, optim, runtime
+from jaxgan import losses, optim, runtime
 from jaxgan import sharding as shard_lib
+from jaxgan.gan import state as state_lib
+from jaxgan.gan.step import Optimizers
 from jaxgan.models import voicenet
+from jaxgan.models.voices_config import (  # noqa: F401  (part of this module's interface)
+    CRITIC_INPUTS, MASK_KINDS, check_config, is_voice_model, model_config)
 from jaxgan.models import voices as voices_lib
 
 State = dict[str, Any]
-MASK_KINDS = ("cells", "bars", "voices", "all")
-CRITIC_INPUTS = ("gumbel", "softmax")
-
-
-def is_voice_model(config) -> bool:
-  return config.model.get("arch") == "voices"
-
-
-def model_config() -> ml_collections.ConfigDict:
-  """Defaults of `model` for arch="voices"; sizes as trained for the shipped chorale model."""
-  m = ml_collections.ConfigDict()
-  m.arch = "voices"
-  m.name = "voices"
-  m.features = 128              # transformer width of the generator
-  m.layers = 6
-  m.heads = 4
-  m.z_size = 32                 # latent added to every step: another z, another piece
-  m.critic_features = 96        # the critic (used only with loss.adv_weight > 0)
-  m.critic_layers = 3
-  m.dtype = "float32"           # or "bfloat16" (accelerators)
-  m.gibbs_rounds = 48           # sampling: refinement rounds after the first draw
-  m.gibbs_pmax = 0.9            # share of free cells redrawn in the second round...
-  m.gibbs_pmin = 0.1            # ...falling to this...
-  m.gibbs_anneal = 0.7          # ...over this share of the rounds
-  m.temperature = 1.0           # sampling temperature of the class distributions in the first
-  m.final_temperature = 0.5     # round, moving linearly to this in the last
-  return m
-
-
-def check_config(config) -> None:
-  """Raises ConfigError for a voices config that cannot train; called by config.validate."""
-  m, lc, d = config.model, config.loss, config.data
-  defaults = model_config()
-  unknown = sorted(set(m.keys()) - set(defaults.keys()))
-  if unknown:
-    raise config_lib.ConfigError(f"model: unknown key(s) {unknown} for arch='voices'; known: "
-                                 f"{', '.join(sorted(defaults.keys()))}")
-  for key in ("features", "layers", "heads", "z_size", "critic_features", "critic_layers",
-              "gibbs_rounds"):
-    v = m.get(key, defaults[key])
-    if isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "gibbs_rounds" else 1):
-      raise config_lib.ConfigError(f"model.{key}={v!r} must be a positive integer")
-  if m.get("features", 128) % m.get("heads", 4):
-    raise config_lib.ConfigError(f"model.features={m.features} must be a multiple of "
-                                 f"model.heads={m.heads}")
-  if m.get("dtype", "float32") not in ("float32", "bfloat16"):
-    raise config_lib.ConfigError(f"model.dtype={m.dtype!r} is not one of ('float32', 'bfloat16')")
-  for key in ("gibbs_pmax", "gibbs_pmin", "gibbs_anneal"):
-    v = m.get(key, defaults[key])
-    if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-      raise config_lib.ConfigError(f"model.{key}={v!r} must be in [0, 1]")
-  for key in ("temperature", "final_temperature"):
-    if not m.get(key, 1.0) > 0:
-      raise config_lib.ConfigError(f"model.{key}={m.get(key)!r} must be > 0")
-  if not tuple(d.mono_tracks):
-    raise config_lib.ConfigError("model.arch='voices' needs data.mono_tracks: the tracks that "
-                                 "sing one note at a time (e.g. (0, 1, 2, 3) for SATB)")
-  shares = tuple(lc.mask_shares)
-  if len(shares) != len(MASK_KINDS) or min(shares) < 0 or not sum(shares) > 0:
-    raise config_lib.ConfigError(f"loss.mask_shares={shares!r} must be {len(MASK_KINDS)} shares "
-                                 f">= 0 ({', '.join(MASK_KINDS)}) with a positive sum")
-  for key in ("recon_weight", "adv_weight"):
-    if not lc[key] >= 0:
-      raise config_lib.ConfigError(f"loss.{key}={lc[key]!r} must be >= 0")
-  if not lc.recon_weight + lc.adv_weight > 0:
-    raise config_lib.ConfigError("loss.recon_weight and loss.adv_weight are both 0: nothing "
-                                 "to learn")
-  if lc.critic_input not in CRITIC_INPUTS:
-    raise config_lib.ConfigError(f"loss.critic_input={lc.critic_input!r} is not one of "
-                                 f"{CRITIC_INPUTS}")
-  if not lc.gumbel_beta_max >= 1:
-    raise config_lib.ConfigError(f"loss.gumbel_beta_max={lc.gumbel_beta_max!r} must be >= 1")
-  if config.conditioning.infill or config.conditioning.accompany:
-    raise config_lib.ConfigError("conditioning.infill / conditioning.accompany are for the "
-                                 "MuseGAN models; the voices model always learns to fill "
-                                 "(loss.mask_shares)")
 
 
 def layout_of(config, track_names: Sequence[str] = ()) -> voices_lib.VoiceLayout:
@@ -177,17 +104,14 @@ def draw_known(key: jax.Array, num: int, bars: int, steps: int, tracks: int,
 # The engine: init, the jitted step and the Gibbs sampler for one config on one mesh.
 
 
-class VoiceEngine:
-  """The voices counterpart of `train.Engine`: the same members the loop, the sampler,
-  restoration and evaluation use."""
+class VoiceModel:
+  """The voices generator and critic of a config, compiled for one mesh: the Gibbs sampler,
+  fills and held-out likelihoods; no optimizer and no train state (see `VoiceEngine`)."""
 
   def __init__(self, config, mesh: Mesh, track_names: Sequence[str] = ()):
     self.config = config
     self.mesh = mesh
-    self.platform = mesh.devices.flat[0].platform
-    if self.platform == "cpu":
-      hostmem.keep_freed_memory()
-    self.compiler_options = runtime.compiler_options(self.platform)
+    self.platform, self.compiler_options = runtime.prepare(mesh)
     self.data_shape = config_lib.data_shape(config)
     self.layout = layout_of(config, track_names)
     cc = config.conditioning
@@ -208,22 +132,20 @@ class VoiceEngine:
         layout=self.layout, data_shape=self.data_shape, features=m.critic_features,
         layers=m.critic_layers, heads=m.heads, num_styles=num_styles, dtype=dtype)
     self.latent_size = int(m.z_size)
-    self.g_tx = optim.make_optimizer(config.g_optim)
-    self.d_tx = optim.make_optimizer(config.d_optim)
-    self.g_lr = optim.learning_rate_fn(config.g_optim)
-    self.d_lr = optim.learning_rate_fn(config.d_optim)
-    self.abstract_state = jax.eval_shape(self._init, jax.random.PRNGKey(0))
-    self.state_sharding = shard_lib.state_shardings(
-        self.abstract_state, mesh, fsdp_min_size=config.train.fsdp_min_size)
-    self.init = self.jit(self._init, out_shardings=self.state_sharding)
-    self.step = self.jit(
-        self._train_step,
-        in_shardings=(self.state_sharding, shard_lib.batch(mesh, leading=1)),
-        out_shardings=(self.state_sharding, shard_lib.replicated(mesh)),
-        donate_argnums=0)
 
   def jit(self, fn: Callable, **kwargs) -> Callable:
     return jax.jit(fn, compiler_options=self.compiler_options, **kwargs)
+
+  def abstract_generator(self) -> State:
+    """Shapes of what sampling needs of a checkpoint: step and g_ema (replicated)."""
+    def g_params(key):
+      return self.generator.init(key, jnp.zeros([1, self.latent_size]),
+                                 self.empty_condition(key, 1))["params"]
+    tree = {"step": jax.ShapeDtypeStruct([], jnp.int32),
+            "g_ema": jax.eval_shape(g_params, jax.random.PRNGKey(0))}
+    replicated = shard_lib.replicated(self.mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                        tree)
 
   @property
   def num_tracks(self) -> int:
@@ -244,23 +166,6 @@ class VoiceEngine:
       cond["style"] = jax.random.randint(jax.random.fold_in(key, 1), [num], 0,
                                          self.cond["num_styles"])
     return cond
-
-  def _init(self, rng: jax.Array) -> State:
-    g_key, d_key, rng = jax.random.split(rng, 3)
-    cond = self.empty_condition(g_key, 1)
-    g_params = self.generator.init(g_key, jnp.zeros([1, self.latent_size]), cond)["params"]
-    state = {"step": jnp.zeros([], jnp.int32), "g": g_params, "g_stats": {},
-             "g_ema": jax.tree.map(jnp.copy, g_params), "g_opt": self.g_tx.init(g_params),
-             "rng": rng}
-    if self.adversarial:
-      style = jnp.zeros([1], jnp.int32) if self.cond["num_styles"] else None
-      d_params = self.critic.init(d_key, jnp.zeros((1,) + self.data_shape), style)["params"]
-      state.update(d=d_params, d_opt=self.d_tx.init(d_params))
-    return state
-
-  def abstract_with_shardings(self):
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        self.abstract_state, self.state_sharding)
 
   def slope(self, step: jax.Array) -> jax.Array:
     """The Gumbel-softmax inverse temperature at `step`: 1 -> gumbel_beta_max, geometrically."""
@@ -283,7 +188,187 @@ class VoiceEngine:
     base = 2.0 * poly_probs - 1.0
     return voices_lib.soft_roll(self.layout, probs, shape, base=base)
 
-  def _train_step(self, state: State, batch: dict[str, jax.Array]) -> tuple[State, dict]:
+  def _condition_parts(self, cond, num: int, bars: int):
+    """(context uint8 roll, known bool [B, T, tracks], style) from a condition in any of the
+    forms the callers use: None, bar-level or step-level `known`, bool/float/uint8 context."""
+    _, steps, pitches, tracks = self.data_shape
+    if cond is None:
+      cond = self.empty_condition(jax.random.PRNGKey(0), num, bars)
+    context = cond["context"]
+    if context.dtype != jnp.uint8:   # bool, or floats in [-1, 1] (> 0 = sounding)
+      context = (context > 0).astype(jnp.uint8)
+    known = jnp.asarray(cond["known"], bool)
+    if known.ndim == 3:              # [B, bars, tracks]: whole bars given or hidden
+      known = jnp.broadcast_to(known[:, :, None, :], (num, bars, steps, tracks))
+    return context, known.reshape(num, bars * steps, tracks), cond.get("style")
+
+  def gibbs(self, params, z: jax.Array, key: jax.Array, cond=None, *,
+            rounds: int | None = None, temperature: float | jax.Array | None = None,
+            final_temperature: float | jax.Array | None = None) -> jax.Array:
+    """uint8 piano-rolls (0/1/2) [B, bars, steps, pitches, tracks]: the given cells of `cond`
+    kept, every other cell drawn by blocked Gibbs sampling (see the module docstring). The
+    temperature moves linearly from `temperature` in the first round to `final_temperature`
+    in the last (defaults: model.temperature, model.final_temperature)."""
+    m = self.model_cfg
+    rounds = m.gibbs_rounds if rounds is None else rounds
+    temperature = m.temperature if temperature is None else temperature
+    final_temperature = m.final_temperature if final_temperature is None else final_temperature
+    num = z.shape[0]
+    bars = (cond["context"].shape[1] if cond is not None else self.data_shape[0])
+    context, known, style = self._condition_parts(cond, num, bars)
+    layout = self.layout
+    vknown = known[..., list(layout.tracks)]
+    shape = context.shape
+    given_classes, given_restrike = voices_lib.classes_from_roll(layout, context)
+    poly_tracks = [t for t in range(shape[-1]) if t not in layout.tracks]
+    known_cells = known.reshape(num, bars, shape[2], 1, shape[-1])
+
+    def predict(classes, restrike, poly_on, visible):
+      roll = voices_lib.roll_from_classes(layout, classes, restrike, shape,
+                                          base=jnp.where(poly_on, 1, 0).astype(jnp.uint8))
+      vis_tracks = jnp.zeros(known.shape, bool).at[..., list(layout.tracks)].set(visible)
+      for t in poly_tracks:
+        vis_tracks = vis_tracks.at[..., t].set(known[..., t])
+      c = {"context": roll, "known": self._known_tracks(vis_tracks)}
+      if style is not None:
+        c["style"] = style
+      return self.generator.apply({"params": params}, z, c)
+
+    def draw(out, k, redraw, classes, restrike, poly_on, temperature):
+      k1, k2, k3 = jax.random.split(k, 3)
+      new = jax.random.categorical(k1, out["logits"] / temperature)
+      classes = jnp.where(redraw, new, classes)
+      strike = jax.random.bernoulli(k2, jax.nn.sigmoid(out["restrike"]))
+      restrike = jnp.where(redraw, strike, restrike)
+      if poly_tracks:
+        on = jax.random.bernoulli(k3, jax.nn.sigmoid(out["poly"] / temperature))
+        poly_on = jnp.where(known_cells, poly_on, on)
+      return classes, restrike, poly_on
+
+    free = ~vknown
+    classes = jnp.where(vknown, given_classes, voices_lib.REST)
+    restrike = given_restrike & vknown
+    poly_on = jnp.where(known_cells, context > 0, False)
+    k0, key = jax.random.split(key)
+    out = predict(classes, restrike, poly_on, vknown)
+    classes, restrike, poly_on = draw(out, k0, free, classes, restrike, poly_on, temperature)
+
+    def body(i, carry):
+      classes, restrike, poly_on = carry
+      k = jax.random.fold_in(key, i)
+      t = temperature + (final_temperature - temperature) * (i + 1) / rounds
+      frac = i / jnp.maximum(m.gibbs_anneal * rounds, 1.0)
+      pm = jnp.maximum(m.gibbs_pmin, m.gibbs_pmax - (m.gibbs_pmax - m.gibbs_pmin) * frac)
+      redraw = free & (jax.random.uniform(jax.random.fold_in(k, 1), free.shape) < pm)
+      out = predict(classes, restrike, poly_on, ~redraw)
+      return draw(out, k, redraw, classes, restrike, poly_on, t)
+
+    classes, restrike, poly_on = jax.lax.fori_loop(0, rounds, body, (classes, restrike, poly_on))
+    base = jnp.where(poly_on, 1, 0).astype(jnp.uint8)
+    return voices_lib.roll_from_classes(layout, classes, restrike, shape, base=base)
+
+  def rolls(self, g_params, g_stats, z, key, *, slope=None, cond=None) -> jax.Array:
+    """Boolean piano-rolls, as `gan.GanModel.rolls` gives them (see `gibbs`)."""
+    del g_stats, slope
+    return self.gibbs(g_params, z, key, cond) > 0
+
+  def generate(self, g_params, g_stats, z, key, *, train: bool = False, slope=None, cond=None,
+               binarize: str | None = None):
+    """(piano-roll in [-1, 1], stats): the sampler's output as the MuseGAN engines give it."""
+    del train, binarize
+    return jnp.where(self.rolls(g_params, g_stats, z, key, cond=cond), 1.0, -1.0), g_stats
+
+  @functools.cached_property
+  def sample_ema(self) -> Callable[[State, jax.Array, int], jax.Array]:
+    """(state, key, num) -> bool piano-rolls of the EMA generator, nothing given."""
+
+    @self.jit
+    def draw(state, key, cond):
+      kz, kb = jax.random.split(key)
+      z = jax.random.normal(kz, [cond["known"].shape[0], self.latent_size], jnp.float32)
+      return self.rolls(state["g_ema"], None, z, kb, cond=cond)
+
+    def sample(state, key, num):
+      # The empty condition is an argument, not a constant: XLA would spend seconds folding
+      # the sampler's first steps over a constant roll.
+      return draw(state, key, self.empty_condition(key, num))
+
+    return sample
+
+  @functools.cached_property
+  def fill_jit(self) -> Callable:
+    """Jitted (params, z, key, cond, temperature) -> uint8 rolls: `gibbs` with a given
+    condition (restoration, accompaniment, evaluation)."""
+
+    @self.jit
+    def fill(params, z, key, cond, temperature, final_temperature=None):
+      return self.gibbs(params, z, key, cond, temperature=temperature,
+                        final_temperature=(temperature if final_temperature is None
+                                           else final_temperature))
+
+    return fill
+
+  # ------------------------------------------------------------------------------------------
+  # Held-out likelihood: what the periodic evaluation and `jaxgan eval` report.
+
+  @functools.cached_property
+  def masked_nll(self) -> Callable:
+    """(params, rolls uint8 [B, ...], known bool [B, T, tracks], z) -> (NLL per hidden voice
+    cell, in nats, summed over the batch; number of hidden voice cells)."""
+
+    @self.jit
+    def nll(params, roll, known, z):
+      layout = self.layout
+      classes, _ = voices_lib.classes_from_roll(layout, roll)
+      cond = {"context": roll, "known": self._known_tracks(known)}
+      out = self.generator.apply({"params": params}, z, cond)
+      logp = jax.nn.log_softmax(out["logits"], -1)
+      cell = -jnp.take_along_axis(logp, classes[..., None], -1)[..., 0]
+      hidden = (~known[..., list(layout.tracks)]).astype(jnp.float32)
+      return (cell * hidden).sum(), hidden.sum()
+
+    return nll
+
+
+class VoiceEngine(VoiceModel):
+  """What training compiles for a voices config on one mesh: the model (`VoiceModel`), its
+  optimizers, the state's shapes and shardings, and the jitted `init` and `step`; the members
+  `gan.Engine` has."""
+
+  def __init__(self, config, mesh: Mesh, track_names: Sequence[str] = ()):
+    super().__init__(config, mesh, track_names)
+    self.txs = Optimizers.from_config(config)
+    self.g_tx, self.d_tx, self.g_lr, self.d_lr = (self.txs.g, self.txs.d, self.txs.g_lr,
+                                                  self.txs.d_lr)
+    self.abstract_state = jax.eval_shape(self._init, jax.random.PRNGKey(0))
+    self.state_sharding = state_lib.shardings(self.abstract_state, mesh, config)
+    self.init = self.jit(self._init, out_shardings=self.state_sharding)
+    self.step = self.jit(
+        self.train_step,
+        in_shardings=(self.state_sharding, shard_lib.batch(mesh, leading=1)),
+        out_shardings=(self.state_sharding, shard_lib.replicated(mesh)),
+        donate_argnums=0)
+
+  def _init(self, rng: jax.Array) -> State:
+    g_key, d_key, rng = jax.random.split(rng, 3)
+    cond = self.empty_condition(g_key, 1)
+    g_params = self.generator.init(g_key, jnp.zeros([1, self.latent_size]), cond)["params"]
+    state = {"step": jnp.zeros([], jnp.int32), "g": g_params, "g_stats": {},
+             "g_ema": jax.tree.map(jnp.copy, g_params), "g_opt": self.g_tx.init(g_params),
+             "rng": rng}
+    if self.adversarial:
+      style = jnp.zeros([1], jnp.int32) if self.cond["num_styles"] else None
+      d_params = self.critic.init(d_key, jnp.zeros((1,) + self.data_shape), style)["params"]
+      state.update(d=d_params, d_opt=self.d_tx.init(d_params))
+    return state
+
+  def abstract_with_shardings(self) -> State:
+    return state_lib.with_shardings(self.abstract_state, self.state_sharding)
+
+  def warm_start(self, state: State, source: str) -> State:
+    return state_lib.warm_start(state, self.state_sharding, source)
+
+  def train_step(self, state: State, batch: dict[str, jax.Array]) -> tuple[State, dict]:
     lc = self.config.loss
     layout = self.layout
     roll = batch["pianoroll"][0]
@@ -385,181 +470,6 @@ class VoiceEngine:
 
   # ------------------------------------------------------------------------------------------
   # Sampling: blocked Gibbs over the cells not given.
-
-  def _condition_parts(self, cond, num: int, bars: int):
-    """(context uint8 roll, known bool [B, T, tracks], style) from a condition in any of the
-    forms the callers use: None, bar-level or step-level `known`, bool/float/uint8 context."""
-    _, steps, pitches, tracks = self.data_shape
-    if cond is None:
-      cond = self.empty_condition(jax.random.PRNGKey(0), num, bars)
-    context = cond["context"]
-    if context.dtype != jnp.uint8:   # bool, or floats in [-1, 1] (> 0 = sounding)
-      context = (context > 0).astype(jnp.uint8)
-    known = jnp.asarray(cond["known"], bool)
-    if known.ndim == 3:              # [B, bars, tracks]: whole bars given or hidden
-      known = jnp.broadcast_to(known[:, :, None, :], (num, bars, steps, tracks))
-    return context, known.reshape(num, bars * steps, tracks), cond.get("style")
-
-  def gibbs(self, params, z: jax.Array, key: jax.Array, cond=None, *,
-            rounds: int | None = None, temperature: float | jax.Array | None = None,
-            final_temperature: float | jax.Array | None = None) -> jax.Array:
-    """uint8 piano-rolls (0/1/2) [B, bars, steps, pitches, tracks]: the given cells of `cond`
-    kept, every other cell drawn by blocked Gibbs sampling (see the module docstring). The
-    temperature moves linearly from `temperature` in the first round to `final_temperature`
-    in the last (defaults: model.temperature, model.final_temperature)."""
-    m = self.model_cfg
-    rounds = m.gibbs_rounds if rounds is None else rounds
-    temperature = m.temperature if temperature is None else temperature
-    final_temperature = m.final_temperature if final_temperature is None else final_temperature
-    num = z.shape[0]
-    bars = (cond["context"].shape[1] if cond is not None else self.data_shape[0])
-    context, known, style = self._condition_parts(cond, num, bars)
-    layout = self.layout
-    vknown = known[..., list(layout.tracks)]
-    shape = context.shape
-    given_classes, given_restrike = voices_lib.classes_from_roll(layout, context)
-    poly_tracks = [t for t in range(shape[-1]) if t not in layout.tracks]
-    known_cells = known.reshape(num, bars, shape[2], 1, shape[-1])
-
-    def predict(classes, restrike, poly_on, visible):
-      roll = voices_lib.roll_from_classes(layout, classes, restrike, shape,
-                                          base=jnp.where(poly_on, 1, 0).astype(jnp.uint8))
-      vis_tracks = jnp.zeros(known.shape, bool).at[..., list(layout.tracks)].set(visible)
-      for t in poly_tracks:
-        vis_tracks = vis_tracks.at[..., t].set(known[..., t])
-      c = {"context": roll, "known": self._known_tracks(vis_tracks)}
-      if style is not None:
-        c["style"] = style
-      return self.generator.apply({"params": params}, z, c)
-
-    def draw(out, k, redraw, classes, restrike, poly_on, temperature):
-      k1, k2, k3 = jax.random.split(k, 3)
-      new = jax.random.categorical(k1, out["logits"] / temperature)
-      classes = jnp.where(redraw, new, classes)
-      strike = jax.random.bernoulli(k2, jax.nn.sigmoid(out["restrike"]))
-      restrike = jnp.where(redraw, strike, restrike)
-      if poly_tracks:
-        on = jax.random.bernoulli(k3, jax.nn.sigmoid(out["poly"] / temperature))
-        poly_on = jnp.where(known_cells, poly_on, on)
-      return classes, restrike, poly_on
-
-    free = ~vknown
-    classes = jnp.where(vknown, given_classes, voices_lib.REST)
-    restrike = given_restrike & vknown
-    poly_on = jnp.where(known_cells, context > 0, False)
-    k0, key = jax.random.split(key)
-    out = predict(classes, restrike, poly_on, vknown)
-    classes, restrike, poly_on = draw(out, k0, free, classes, restrike, poly_on, temperature)
-
-    def body(i, carry):
-      classes, restrike, poly_on = carry
-      k = jax.random.fold_in(key, i)
-      t = temperature + (final_temperature - temperature) * (i + 1) / rounds
-      frac = i / jnp.maximum(m.gibbs_anneal * rounds, 1.0)
-      pm = jnp.maximum(m.gibbs_pmin, m.gibbs_pmax - (m.gibbs_pmax - m.gibbs_pmin) * frac)
-      redraw = free & (jax.random.uniform(jax.random.fold_in(k, 1), free.shape) < pm)
-      out = predict(classes, restrike, poly_on, ~redraw)
-      return draw(out, k, redraw, classes, restrike, poly_on, t)
-
-    classes, restrike, poly_on = jax.lax.fori_loop(0, rounds, body, (classes, restrike, poly_on))
-    base = jnp.where(poly_on, 1, 0).astype(jnp.uint8)
-    return voices_lib.roll_from_classes(layout, classes, restrike, shape, base=base)
-
-  def rolls(self, g_params, g_stats, z, key, *, slope=None, cond=None) -> jax.Array:
-    """Boolean piano-rolls, as `train.Engine.rolls` gives them (see `gibbs`)."""
-    del g_stats, slope
-    return self.gibbs(g_params, z, key, cond) > 0
-
-  def generate(self, g_params, g_stats, z, key, *, train: bool = False, slope=None, cond=None,
-               binarize: str | None = None):
-    """(piano-roll in [-1, 1], stats): the sampler's output as the MuseGAN engines give it."""
-    del train, binarize
-    return jnp.where(self.rolls(g_params, g_stats, z, key, cond=cond), 1.0, -1.0), g_stats
-
-  @functools.cached_property
-  def sample_ema(self) -> Callable[[State, jax.Array, int], jax.Array]:
-    """(state, key, num) -> bool piano-rolls of the EMA generator, nothing given."""
-
-    @self.jit
-    def draw(state, key, cond):
-      kz, kb = jax.random.split(key)
-      z = jax.random.normal(kz, [cond["known"].shape[0], self.latent_size], jnp.float32)
-      return self.rolls(state["g_ema"], None, z, kb, cond=cond)
-
-    def sample(state, key, num):
-      # The empty condition is an argument, not a constant: XLA would spend seconds folding
-      # the sampler's first steps over a constant roll.
-      return draw(state, key, self.empty_condition(key, num))
-
-    return sample
-
-  @functools.cached_property
-  def fill_jit(self) -> Callable:
-    """Jitted (params, z, key, cond, temperature) -> uint8 rolls: `gibbs` with a given
-    condition (restoration, accompaniment, evaluation)."""
-
-    @self.jit
-    def fill(params, z, key, cond, temperature, final_temperature=None):
-      return self.gibbs(params, z, key, cond, temperature=temperature,
-                        final_temperature=(temperature if final_temperature is None
-                                           else final_temperature))
-
-    return fill
-
-  # ------------------------------------------------------------------------------------------
-  # Held-out likelihood: what the periodic evaluation and `jaxgan eval` report.
-
-  @functools.cached_property
-  def masked_nll(self) -> Callable:
-    """(params, rolls uint8 [B, ...], known bool [B, T, tracks], z) -> (NLL per hidden voice
-    cell, in nats, summed over the batch; number of hidden voice cells)."""
-
-    @self.jit
-    def nll(params, roll, known, z):
-      layout = self.layout
-      classes, _ = voices_lib.classes_from_roll(layout, roll)
-      cond = {"context": roll, "known": self._known_tracks(known)}
-      out = self.generator.apply({"params": params}, z, cond)
-      logp = jax.nn.log_softmax(out["logits"], -1)
-      cell = -jnp.take_along_axis(logp, classes[..., None], -1)[..., 0]
-      hidden = (~known[..., list(layout.tracks)]).astype(jnp.float32)
-      return (cell * hidden).sum(), hidden.sum()
-
-    return nll
-
-
-def evaluation(config, windows: np.ndarray | None) -> Callable[[VoiceEngine, State], dict]:
-  """The periodic evaluation of a voices run: per voice the rest share and notes per bar of
-  EMA samples (beside the data's), and the held-out NLL per hidden cell of four masks."""
-  from jaxgan import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
-  from jaxgan import voice_metrics  # pylint: disable=import-outside-toplevel
-  d = config.data
-  spec = metrics_lib.RollSpec(steps_per_beat=d.steps_per_beat, lowest_pitch=d.lowest_pitch,
-                              track_names=tuple(f"track{i}" for i in range(d.num_tracks)))
-  reference = None
-  if windows is not None and len(windows):
-    reference = voice_metrics.statistics(voice_metrics.from_rolls(np.asarray(windows), spec))
-
-  def evaluate(engine: VoiceEngine, state: State) -> dict[str, float]:
-    num = min(int(config.train.eval_num), 64)
-    rolls = np.asarray(jax.device_get(engine.sample_ema(state, jax.random.PRNGKey(0), num)))
-    stats = voice_metrics.statistics(voice_metrics.from_rolls(rolls, spec))
-    out = {}
-    for name in ("rest_share", "notes_per_bar", "pitches_per_step"):
-      for v, value in enumerate(np.asarray(stats[name], float)):
-        if np.isfinite(value):
-          out[f"eval/{name}/voice{v}"] = float(value)
-      if reference is not None and name != "pitches_per_step":
-        gen, ref = np.asarray(stats[name], float), np.asarray(reference[name], float)
-        ok = np.isfinite(gen) & np.isfinite(ref)
-        if ok.any():
-          out[f"eval/gap/{name}"] = float(np.mean(np.abs(gen[ok] - ref[ok])
-                                                  / np.maximum(np.abs(ref[ok]), 0.05)))
-    if windows is not None and len(windows):
-      out.update(heldout_nll(engine, state["g_ema"], windows))
-    return out
-
-  return evaluate
 
 
 def heldout_nll(engine: VoiceEngine, params, windows: np.ndarray, *, batch: int = 32,

@@ -29,14 +29,14 @@ import _bench_util as bu  # also puts this checkout first on sys.path
 CHILD = r"""
 import json, resource, sys, time
 import jax, jax.numpy as jnp
-from jaxgan import config as config_lib, sharding, train
+from jaxgan import config as config_lib, gan, sharding
 
 def cpu():
   r = resource.getrusage(resource.RUSAGE_SELF)
   return r.ru_utime + r.ru_stime
 
 config = config_lib.load_config(sys.argv[1], [])
-engine = train.Engine(config, sharding.make_mesh(-1, 1))
+engine = gan.Engine(config, sharding.make_mesh(-1, 1))
 state = jax.eval_shape(engine.init, jax.random.PRNGKey(0))
 shape = (config.loss.n_critic, config.train.global_batch) + config_lib.data_shape(config)
 batch = {"pianoroll": jax.ShapeDtypeStruct(shape, jnp.uint8),

@@ -39,13 +39,13 @@ def main() -> None:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from jaxgan import config as config_lib, nonfinite, profile, sharding, train
+  from jaxgan import config as config_lib, engines, nonfinite, profiling, sharding
 
   config = config_lib.load_config(args.config, [o.split("=", 1) for o in args.override])
   tc, lc = config.train, config.loss
   mesh = sharding.make_mesh(tc.mesh_data, tc.mesh_fsdp)
-  engine = train.make_engine(config, mesh)
-  start = profile.steady_step(config)
+  engine = engines.make_engine(config, mesh)
+  start = profiling.steady_step(config)
   rng = np.random.default_rng(0)
   shape = (lc.n_critic, tc.global_batch) + config_lib.data_shape(config)
   batch = {"pianoroll": jnp.asarray((rng.random(shape) < 0.05).astype(np.uint8)),
@@ -54,7 +54,7 @@ def main() -> None:
 
   def checked(mode: str):
     return engine.jit(
-        nonfinite.Guard(engine._train_step, mode),  # pylint: disable=protected-access
+        nonfinite.Guard(engine.train_step, mode),
         in_shardings=(engine.state_sharding, sharding.batch(mesh, leading=1), replicated),
         out_shardings=(engine.state_sharding, replicated, replicated), donate_argnums=(0, 2))
 

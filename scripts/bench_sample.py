@@ -92,11 +92,11 @@ def bench_engine(path: str, overrides: list[tuple[str, str]], args) -> list[list
   """Rows for a freshly initialised engine of one config."""
   # pylint: disable=import-outside-toplevel
   import jax
-  from jaxgan import config as config_lib, sharding, train
+  from jaxgan import config as config_lib, gan, sharding
 
   config = config_lib.load_config(path, overrides)
   mesh = sharding.make_mesh(config.train.mesh_data, config.train.mesh_fsdp)
-  engine = train.Engine(config, mesh)
+  engine = gan.Engine(config, mesh)
   state = jax.block_until_ready(engine.init(jax.random.PRNGKey(0)))
   keys = jax.random.split(jax.random.PRNGKey(1), 64)
   rows = []

@@ -43,6 +43,7 @@ def python_loop_step(engine) -> Callable[[Any, dict[str, Any]], tuple[Any, dict[
   import jax.numpy as jnp
   import optax
   from jaxgan import optim
+  from jaxgan.gan import step as step_lib
 
   lc = engine.config.loss
   critic = engine.jit(engine.critic_update, donate_argnums=(2, 3))
@@ -50,14 +51,14 @@ def python_loop_step(engine) -> Callable[[Any, dict[str, Any]], tuple[Any, dict[
   @engine.jit
   def prologue(state, batch):
     real = jnp.where(batch["pianoroll"] > 0, 1.0, -1.0).astype(jnp.float32)
-    rng, d_rng, g_rng = jax.random.split(state["rng"], 3)
+    rng, d_rng, g_rng = step_lib.step_keys(state["rng"])
     return real, batch["style"].astype(jnp.int32), rng, d_rng, g_rng, engine.slope(state["step"])
 
   @functools.partial(engine.jit, donate_argnums=0)
   def g_update(state, real0, style0, g_rng, rng, slope):
-    _, g_stats, grads = engine.generator_grads(state["g"], state["g_stats"], state["d"], real0,
-                                               style0, g_rng, slope)
-    updates, g_opt = engine.g_tx.update(grads, state["g_opt"], state["g"])
+    _, g_stats, grads = step_lib.generator_grads(engine, state["g"], state["g_stats"],
+                                                 state["d"], real0, style0, g_rng, slope)
+    updates, g_opt = engine.txs.g.update(grads, state["g_opt"], state["g"])
     g_params = optax.apply_updates(state["g"], updates)
     return dict(state, step=state["step"] + 1, g=g_params, g_stats=g_stats, g_opt=g_opt,
                 g_ema=optim.ema_update(state["g_ema"], g_params, engine.config.train.ema_decay),
@@ -90,13 +91,13 @@ def main() -> None:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from jaxgan import config as config_lib, profile, sharding, train
+  from jaxgan import config as config_lib, gan, profiling, sharding
 
   config = config_lib.load_config(args.config, [o.split("=", 1) for o in args.override])
   tc, lc = config.train, config.loss
   mesh = sharding.make_mesh(tc.mesh_data, tc.mesh_fsdp)
-  engine = train.Engine(config, mesh)
-  start = profile.steady_step(config) if args.start_step is None else args.start_step
+  engine = gan.Engine(config, mesh)
+  start = profiling.steady_step(config) if args.start_step is None else args.start_step
   rng = np.random.default_rng(0)
   shape = (lc.n_critic, tc.global_batch) + config_lib.data_shape(config)
   batch = {"pianoroll": jnp.asarray((rng.random(shape) < 0.05).astype(np.uint8)),
@@ -106,7 +107,7 @@ def main() -> None:
     state = engine.init(jax.random.PRNGKey(0))
     return dict(state, step=jnp.asarray(start, state["step"].dtype))
 
-  no_donate = engine.jit(engine._train_step,  # pylint: disable=protected-access
+  no_donate = engine.jit(engine.train_step,
                          in_shardings=(engine.state_sharding, sharding.batch(mesh, leading=1)),
                          out_shardings=(engine.state_sharding, sharding.replicated(mesh)))
   variants: list[tuple[str, Any]] = [("fused, donated (train's step)", engine.step),

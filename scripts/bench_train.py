@@ -51,7 +51,7 @@ def ensure_data(config, build_max_songs: int | None, built: dict[str, str]) -> N
 def bench_config(path: str, overrides: list[tuple[str, str]], args) -> dict[str, Any]:
   # pylint: disable=import-outside-toplevel
   import jax
-  from jaxgan import config as config_lib, sharding, train
+  from jaxgan import config as config_lib, gan, sharding
   from jaxgan.data import pipeline
 
   config = config_lib.load_config(path, overrides)
@@ -61,7 +61,7 @@ def bench_config(path: str, overrides: list[tuple[str, str]], args) -> dict[str,
   pipeline.check_batch(config, mesh, jax.process_count())
   bu.log(f"{path}: init ...")
   t0 = time.perf_counter()
-  engine = train.Engine(config, mesh)
+  engine = gan.Engine(config, mesh)
   state = jax.block_until_ready(engine.init(jax.random.PRNGKey(tc.seed)))
   init_s = time.perf_counter() - t0
   count = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))

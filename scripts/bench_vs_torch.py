@@ -171,12 +171,12 @@ class JaxSide:
       return
     # pylint: disable=import-outside-toplevel
     import jax
-    from jaxgan import config as config_lib, sharding, train
+    from jaxgan import config as config_lib, gan, sharding
     self.jax = jax
     config = config_lib.load_config(self.config_path, self.overrides)
     mesh = sharding.make_mesh(-1, 1)
     t0 = time.perf_counter()
-    engine = train.Engine(config, mesh)
+    engine = gan.Engine(config, mesh)
     self.state = jax.block_until_ready(engine.init(jax.random.PRNGKey(0)))
     self.engine = engine   # only once init worked: a failed build is retried, not half-used
     self.info["init_s"] = time.perf_counter() - t0

@@ -39,7 +39,8 @@ def export(args) -> None:
 
 def run(args) -> None:
   import jax  # pylint: disable=import-outside-toplevel
-  from jaxgan import config as config_lib, sharding, train  # pylint: disable=import-outside-toplevel
+  from jaxgan import config as config_lib, evaluate, gan, sharding  # pylint: disable=import-outside-toplevel
+  from jaxgan.data import pipeline  # pylint: disable=import-outside-toplevel
   data = np.load(args.pool)
   shape = tuple(data["pool_shape"])
   pool = np.unpackbits(data["pool"], axis=-1, count=shape[-1]).astype(bool).reshape(shape)
@@ -50,9 +51,9 @@ def run(args) -> None:
     name, _, overrides = spec.partition("=")
     extra = [f"--config.{o}" for o in overrides.split(",") if o]
     config = config_lib.load_config(args.config, extra)
-    train.resolve_styles(config)
+    pipeline.resolve_styles(config)
     mesh = sharding.make_mesh(-1, 1)
-    engine = train.Engine(config, mesh)
+    engine = gan.Engine(config, mesh)
     state = engine.init(jax.random.PRNGKey(config.train.seed))
     rng = np.random.default_rng(config.train.seed)
     n, b = config.loss.n_critic, config.train.global_batch
@@ -63,7 +64,7 @@ def run(args) -> None:
       roll = pool[idx].reshape((n, b) + shape[1:]).astype(np.uint8)
       return jax.device_put({"pianoroll": roll, "style": np.zeros([n, b], np.int32)}, sharding_)
 
-    reference = train.data_reference(config, real)
+    reference = evaluate.data_reference(config, real)
     step_fn = engine.step.lower(state, batch()).compile()
     t = time.perf_counter()
     for step in range(1, args.steps + 1):
@@ -71,7 +72,7 @@ def run(args) -> None:
       if step % args.eval_every == 0 or step == args.steps:
         jax.block_until_ready(state)
         rate = step / (time.perf_counter() - t)
-        m = train.sample_metrics(engine, state, reference)
+        m = evaluate.sample_metrics(engine, state, reference)
         empty = np.mean([v for k, v in m.items() if k.startswith("eval/EB/")])
         print(f"| {name} | {step} | {m.get('eval/oa/mean', float('nan')):.3f} | "
               f"{m.get('eval/gap/mean', float('nan')):.3f} | {100 * empty:.0f} % | "

@@ -9,7 +9,7 @@ import pytest
 
 import jax
 
-from jaxgan import cli, config as config_lib, sample, train
+from jaxgan import cli, config as config_lib, evaluate, gan, sample, sharding
 from tests.tiny_run import train_tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,14 +21,14 @@ def _state(k):
 
 
 def test_best_keeper_keeps_the_minimum_and_survives_a_restart(tmp_path):
-  keeper = train.BestKeeper(str(tmp_path), "eval/gap/mean", "min")
+  keeper = evaluate.BestKeeper(str(tmp_path), "eval/gap/mean", "min")
   saved = [keeper.offer(step, _state(step), {"eval/gap/mean": v})
            for step, v in ((10, 3.0), (20, 1.0), (30, 2.0), (40, float("nan")))]
   keeper.close()
   assert saved == [True, True, False, False]
   assert json.loads((tmp_path / "best" / "best.json").read_text()) == {
       "step": 20, "metric": "eval/gap/mean", "value": 1.0}
-  again = train.BestKeeper(str(tmp_path), "eval/gap/mean", "min")
+  again = evaluate.BestKeeper(str(tmp_path), "eval/gap/mean", "min")
   assert not again.offer(50, _state(50), {"eval/gap/mean": 1.5})
   assert again.offer(60, _state(60), {"eval/gap/mean": 0.5})
   state, step = again.checkpointer.restore_latest(
@@ -39,7 +39,7 @@ def test_best_keeper_keeps_the_minimum_and_survives_a_restart(tmp_path):
 
 
 def test_unknown_metric_lists_the_known_ones(tmp_path):
-  keeper = train.BestKeeper(str(tmp_path), "eval/oops", "max")
+  keeper = evaluate.BestKeeper(str(tmp_path), "eval/oops", "max")
   with pytest.raises(config_lib.ConfigError, match="eval/oa/mean"):
     keeper.offer(1, _state(1), {"eval/oa/mean": 0.5, "eval/gap/mean": 1.0})
   keeper.close()
@@ -70,14 +70,22 @@ def test_training_keeps_best_and_sample_reads_it(tmp_path, capsys):
 
 def test_default_eval_measures_the_distance_to_the_data(tmp_path):
   config = config_lib.load_config(TINY, ["--config.train.eval_num=32"])
-  engine = train.Engine(config, train.shard_lib.make_mesh(-1, 1))
+  engine = gan.Engine(config, sharding.make_mesh(-1, 1))
   state = engine.init(jax.random.PRNGKey(0))
-  real = train._eval_windows(config)
+  real = evaluate.eval_windows(config)
   assert real is not None and len(real) == 32
-  with_data = train.sample_metrics(engine, state, train.data_reference(config, real))
-  alone = train.sample_metrics(engine, state)
+  with_data = evaluate.sample_metrics(engine, state, evaluate.data_reference(config, real))
+  alone = evaluate.sample_metrics(engine, state)
   assert "eval/gap/mean" in with_data and "eval/oa/mean" in with_data
   assert not any(k.startswith(("eval/gap", "eval/oa")) for k in alone)
   # An untrained generator is far from the data.
   assert with_data["eval/gap/mean"] > 0.1
   assert 0.0 <= with_data["eval/oa/mean"] <= 1.0
+
+
+def test_training_and_eval_read_drum_tracks_with_one_spec():
+  # Five synthetic tracks stand for LPD-5: track 0 is the drums, for `jaxgan eval` and in-run.
+  config = config_lib.load_config(TINY, ["--config.data.num_tracks=5"])
+  spec = evaluate.run_spec(config)
+  assert spec.drum_tracks == (0,)
+  assert spec == evaluate.roll_spec(config, sample.tracks_for(config))

@@ -9,7 +9,7 @@ import miditoolkit
 import numpy as np
 import pytest
 
-from jaxgan import cli, config as config_lib, models, restore, sample
+from jaxgan import cli, config as config_lib, models, inpaint, sample
 from tests.tiny_run import train_tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,11 +93,11 @@ def test_bad_conditioning_values_fail_with_the_key():
 
 
 def test_parse_bars():
-  assert restore.parse_bars("5-8") == [4, 5, 6, 7]
-  assert restore.parse_bars("2,5-6, 2") == [1, 4, 5]
+  assert inpaint.parse_bars("5-8") == [4, 5, 6, 7]
+  assert inpaint.parse_bars("2,5-6, 2") == [1, 4, 5]
   for bad in ("0-2", "8-5", "x", ","):
     with pytest.raises(config_lib.ConfigError, match="--bars"):
-      restore.parse_bars(bad)
+      inpaint.parse_bars(bad)
 
 
 def _train(workdir, *overrides):
@@ -177,7 +177,7 @@ def test_accompany_keeps_the_given_part_and_adds_the_others(cond_run, tmp_path):
   assert _notes(result, lambda b: True)["track0"] == _notes(melody, lambda b: True)["track0"]
   assert len(_notes(result, lambda b: True)["track1"]) > 0
   with pytest.raises(config_lib.ConfigError, match="the run's tracks are track0, track1"):
-    restore.accompany(gen, str(tmp_path / "melody.mid"), ["soprano"], jax.random.PRNGKey(0))
+    inpaint.accompany(gen, str(tmp_path / "melody.mid"), ["soprano"], jax.random.PRNGKey(0))
 
 
 def test_style_sampling_and_unknown_style(cond_run, tmp_path, capsys):
@@ -232,9 +232,9 @@ def test_notes_generated_before_a_padded_pickup_are_clipped_or_dropped(plain_run
       miditoolkit.Note(80, 62 + i % 3, tpb * (i + 1), tpb * (i + 2)) for i in range(8)]
   midi.instruments = [melody]
   midi.dump(str(tmp_path / "pickup.mid"))
-  loaded = restore._load(gen, str(tmp_path / "pickup.mid"))
+  loaded = inpaint._load(gen, str(tmp_path / "pickup.mid"))
   # The file holds the melody alone, as `accompany --given track0` reads it.
-  song, shift, inst_track = restore._read(gen, loaded, str(tmp_path / "pickup.mid"), ["track0"])
+  song, shift, inst_track = inpaint._read(gen, loaded, str(tmp_path / "pickup.mid"), ["track0"])
   steps_per_beat = gen.config.data.steps_per_beat
   assert shift == -3 * steps_per_beat
   bars, steps, pitches, tracks = (song.num_bars,) + config_lib.data_shape(gen.config)[1:]
@@ -243,7 +243,7 @@ def test_notes_generated_before_a_padded_pickup_are_clipped_or_dropped(plain_run
   roll[0, :2 * steps_per_beat, 12, 1] = True   # the first two beats: in the padding only
   hidden = np.zeros([bars, tracks], bool)
   hidden[0, 1] = True
-  out = restore._rebuild(gen, loaded, song, shift, inst_track, roll, hidden)
+  out = inpaint._rebuild(gen, loaded, song, shift, inst_track, roll, hidden)
   out.dump(str(tmp_path / "out.mid"))
   back = miditoolkit.MidiFile(str(tmp_path / "out.mid"))
   generated = [(n.pitch, n.start, n.end) for i in back.instruments if i.name != "track0"
@@ -271,13 +271,13 @@ def test_a_given_bar_keeps_the_tail_of_a_note_begun_in_a_regenerated_bar(plain_r
   midi.instruments = parts
   midi.dump(str(tmp_path / "song.mid"))
   names = [t.name for t in gen.tracks]
-  loaded = restore._load(gen, str(tmp_path / "song.mid"))
-  song, shift, inst_track = restore._read(gen, loaded, str(tmp_path / "song.mid"), names)
-  roll = restore._model_roll(gen, song, range(len(names)))
+  loaded = inpaint._load(gen, str(tmp_path / "song.mid"))
+  song, shift, inst_track = inpaint._read(gen, loaded, str(tmp_path / "song.mid"), names)
+  roll = inpaint._model_roll(gen, song, range(len(names)))
   hidden = np.zeros([song.num_bars, len(names)], bool)
   hidden[2:4] = True
   roll[2:4] = False                            # the model leaves the two bars silent
-  out = restore._rebuild(gen, loaded, song, shift, inst_track, roll, hidden)
+  out = inpaint._rebuild(gen, loaded, song, shift, inst_track, roll, hidden)
   kept = sorted((n.pitch, n.start, n.end) for n in out.instruments[0].notes)
   assert (low + 20, 4 * bar, 4 * bar + tpb) in kept      # the tail, from bar 5's start
   assert not any(2 * bar <= start < 4 * bar for _, start, _ in kept)

@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from jaxgan import cli
 from jaxgan import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,3 +50,20 @@ def test_every_shipped_config_loads():
     if name.endswith(".py") and not name.startswith("_"):
       c = config_lib.load_config(os.path.join(ROOT, "configs", name))
       assert config_lib.data_shape(c)[3] == c.data.num_tracks
+
+
+def test_split_mode_is_a_key_of_the_run_that_the_cli_flag_sets():
+  config = config_lib.load_config(TINY)
+  assert config.data.split_mode == "shard"
+  with pytest.raises(config_lib.ConfigError, match="data.split_mode='mirror'"):
+    config_lib.load_config(TINY, ["--config.data.split_mode=mirror"])
+  assert cli._with_split_mode(config, None).data.split_mode == "shard"  # pylint: disable=protected-access
+  assert cli._with_split_mode(config, "replicate").data.split_mode == "replicate"  # pylint: disable=protected-access
+
+
+def test_run_config_round_trips_through_the_workdir(tmp_path):
+  config = config_lib.load_config(TINY, ["--config.data.split_mode=replicate"])
+  config_lib.save_run_config(config, str(tmp_path))
+  again = config_lib.load_run_config(str(tmp_path))
+  assert again.data.split_mode == "replicate"
+  assert again.to_json_best_effort() == config.to_json_best_effort()

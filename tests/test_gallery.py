@@ -142,18 +142,18 @@ def test_gallery_command_samples_a_workdir_then_renders(tmp_path, monkeypatch, c
       {"data": {"steps_per_beat": 4, "lowest_pitch": 36, "num_pitches": 48}}))
   calls = []
 
-  def fake_sample(args, extra):
-    calls.append(args)
-    os.makedirs(args.out)
-    for i in range(args.num):
-      write_midi(song(i), os.path.join(args.out, f"sample_{i:04d}.mid"))
-    return 0
+  def fake_sample(workdir, out, *, num, seed):
+    calls.append(dict(workdir=workdir, out=out, num=num, seed=seed))
+    os.makedirs(out)
+    for i in range(num):
+      write_midi(song(i), os.path.join(out, f"sample_{i:04d}.mid"))
+    return []
 
-  monkeypatch.setattr(cli, "cmd_sample", fake_sample)
+  monkeypatch.setattr(cli, "_sample_workdir", fake_sample)
   assert cli.main(["gallery", "--workdir", str(workdir), "--render", "wav"]) == 0
   (args,) = calls
-  assert (args.command, args.num, args.out) == ("sample", 8, str(workdir / "gallery"))
-  assert args.workdir == str(workdir) and args.seed == 0
+  assert (args["num"], args["out"]) == (8, str(workdir / "gallery"))
+  assert args["workdir"] == str(workdir) and args["seed"] == 0
   text = (workdir / "gallery" / "index.html").read_text()
   assert text.count("<audio controls") == 8 and text.count("<img src=") == 8
   assert "rendered 8 WAV files" in capsys.readouterr().out
@@ -166,7 +166,7 @@ def test_gallery_command_samples_a_workdir_then_renders(tmp_path, monkeypatch, c
 
 def test_gallery_without_fluidsynth_fails_before_sampling(tmp_path, monkeypatch, capsys):
   monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-  monkeypatch.setattr(cli, "cmd_sample", lambda args, extra: pytest.fail("sampled"))
+  monkeypatch.setattr(cli, "_sample_workdir", lambda *a, **k: pytest.fail("sampled"))
   assert cli.main(["gallery", "--workdir", str(tmp_path), "--render", "wav"]) == 1
   assert "sudo apt-get install fluidsynth timgm6mb-soundfont" in capsys.readouterr().err
 

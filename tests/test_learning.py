@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from jaxgan import config as config_lib
-from jaxgan import sharding, train
+from jaxgan import gan, sharding
 from jaxgan.data import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,7 +53,7 @@ def test_ema_generator_learns_density_and_pitch_classes():
   # One device: the 8 simulated devices of the test set-up make a step ~6x slower on one core,
   # and the equivalence of meshes is tested in test_train.py.
   mesh = sharding.make_mesh(devices=jax.devices()[:1])
-  engine = train.Engine(config, mesh)
+  engine = gan.Engine(config, mesh)
   key = jax.random.PRNGKey(1)
 
   # Untrained (seed 0): about 21.8 pitches per step per track, pitch-class L1 about 1.20.
@@ -95,7 +95,7 @@ def test_infilling_follows_the_given_bar():
   given = _pitch_class_hist(real[:, 0], low)
   assert np.abs(given - np.roll(given, 1, axis=0)).sum(1).mean() > 0.5  # songs differ
   mesh = sharding.make_mesh(devices=jax.devices()[:1])
-  engine = train.Engine(config, mesh)
+  engine = gan.Engine(config, mesh)
   cond = {"context": jax.numpy.where(real, 1.0, -1.0),
           "known": np.zeros([len(real), 2, real.shape[-1]], bool)}
   cond["known"][:, 0] = True

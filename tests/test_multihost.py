@@ -19,7 +19,7 @@ import pytest
 
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
-from jaxgan import sharding, train
+from jaxgan import gan, sharding
 from tests.conftest import TEST_XLA_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +46,7 @@ def _train_cmd(workdir, *extra):
 
 
 def _restore(workdir, config):
-  engine = train.Engine(config, sharding.make_mesh())
+  engine = gan.Engine(config, sharding.make_mesh())
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), every=1, keep=3)
   state, step = ckpt.restore_latest(engine.abstract_with_shardings())
   ckpt.close()

@@ -167,7 +167,7 @@ def test_the_voices_engine_gets_the_same_check():
   config.loss.adv_weight = 0.5   # with the critic, so that "d" is in the state too
   config_lib.validate(config)
   engine = voicegan.VoiceEngine(config, sharding.make_mesh(devices=jax.devices()[:1]))
-  step = engine.jit(nonfinite.Guard(engine._train_step, "skip"))  # pylint: disable=protected-access
+  step = engine.jit(nonfinite.Guard(engine.train_step, "skip"))
   rng = np.random.default_rng(0)
   shape = (1, config.train.global_batch) + config_lib.data_shape(config)
   batch = {"pianoroll": jnp.asarray((rng.random(shape) < 0.05).astype(np.uint8)),

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from jaxgan import config as config_lib
 from jaxgan import optim
 
 
@@ -145,3 +146,9 @@ def test_unknown_key_and_prefix():
     optim.make_optimizer({"name": "adam", "lr": 1e-3}, prefix="g_optim")
   with pytest.raises(ValueError, match=r"d_optim.name='x'"):
     optim.learning_rate_fn({"name": "x"}, prefix="d_optim")
+
+
+def test_config_sections_take_the_optimizer_defaults():
+  section = config_lib.optim_config(2e-4).to_dict()
+  assert section == dict(optim.default_config().to_dict(), learning_rate=2e-4)
+  assert config_lib.base_config().g_optim.to_dict() == optim.default_config().to_dict()

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 
 from jaxgan.midi import (
-  HELD, ONSET, MidiConfig, Song, Track, from_pianoroll, load_song, pianoroll_to_midi, song_to_midi,
-  to_pianoroll)
+  CELL_HELD, CELL_ONSET, MidiConfig, Song, Track, from_pianoroll, load_song, pianoroll_to_midi,
+  song_to_midi, to_pianoroll)
 from jaxgan.midi.song import DURATION, ONSET as ONSET_COL, normalize_notes
 
 CFG = MidiConfig(steps_per_beat=4)
@@ -58,9 +58,9 @@ def test_cells_of_repeated_and_adjacent_notes():
   roll = to_pianoroll(song, SMALL)
   assert roll.shape == (2, 8, 6, 2) and roll.dtype == np.uint8
   flat = roll.reshape(16, 6, 2)
-  assert flat[:, 4, 0].tolist() == [ONSET, HELD, ONSET, HELD, HELD] + [0] * 11
-  assert flat[:, 1, 0].tolist() == [0] * 7 + [ONSET, HELD, HELD] + [0] * 6
-  assert flat[:, 0, 1].tolist() == [0, ONSET] + [0] * 14
+  assert flat[:, 4, 0].tolist() == [CELL_ONSET, CELL_HELD, CELL_ONSET, CELL_HELD, CELL_HELD] + [0] * 11
+  assert flat[:, 1, 0].tolist() == [0] * 7 + [CELL_ONSET, CELL_HELD, CELL_HELD] + [0] * 6
+  assert flat[:, 0, 1].tolist() == [0, CELL_ONSET] + [0] * 14
   assert int(np.count_nonzero(roll)) == 9
   back = from_pianoroll(roll, SMALL, velocity=64)
   assert [n[:4] for n in notes_of(back)] == [n[:4] for n in notes_of(song)]
@@ -77,7 +77,7 @@ def test_cells_of_repeated_and_adjacent_notes():
 def test_round_trip(song):
   roll = to_pianoroll(song, CFG)
   assert roll.shape == (song.num_bars, song.steps_per_bar, CFG.num_pitches, CFG.num_tracks)
-  assert int((roll == ONSET).sum()) == song.num_notes
+  assert int((roll == CELL_ONSET).sum()) == song.num_notes
   assert int((roll > 0).sum()) == int(song.notes[:, DURATION].sum())
   back = from_pianoroll(roll, CFG, time_signature=song.time_signature, tempo=100.0, velocity=7)
   assert [n[:4] for n in notes_of(back)] == [n[:4] for n in notes_of(song)]
@@ -106,13 +106,13 @@ def test_long_activity_runs_are_split():
 def test_notes_past_the_end_are_cut():
   song = make_song([[0, 60, 6, 4, 80]], SMALL)
   roll = to_pianoroll(song, SMALL)
-  assert roll[0, 6:, 0, 0].tolist() == [ONSET, HELD]
+  assert roll[0, 6:, 0, 0].tolist() == [CELL_ONSET, CELL_HELD]
   assert notes_of(from_pianoroll(roll, SMALL)) == [(0, 60, 6, 2, 80)]
 
 
 def test_tempo_per_bar_and_tracks_pass_through():
   roll = np.zeros((2, 6, 6, 2), np.uint8)  # 6/8 is six steps at two steps per beat
-  roll[1, 0, 0, 0] = ONSET
+  roll[1, 0, 0, 0] = CELL_ONSET
   tracks = (Track("violin", 40), Track("cello", 42))
   song = from_pianoroll(roll, SMALL, time_signature=(6, 8), tempo=[90, 60], tracks=tracks,
                         source="gen")

@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 from jaxgan import config as config_lib
 from jaxgan import sharding
 from jaxgan.data import pipeline, prepare
-from jaxgan.midi import HELD, ONSET, Song, to_pianoroll
+from jaxgan.midi import CELL_HELD, CELL_ONSET, Song, to_pianoroll
 from jaxgan.midi.song import DURATION, ONSET as ONSET_COL, PITCH
 
 STORED_SPB = 12  # the chorales' stored resolution (steps per beat)
@@ -156,7 +156,7 @@ def test_windows_equal_slices_of_the_reference_pianoroll(data_dir, table):
     np.testing.assert_array_equal(roll, full[table.sources[song]][bar:bar + 2],
                                   err_msg=f"window {index}")
     assert out["style"][index] == table.styles[song]
-    assert (roll == ONSET).sum() > 0
+    assert (roll == CELL_ONSET).sum() > 0
 
 
 def test_a_batch_of_windows_equals_the_windows_one_by_one(data_dir, table):
@@ -230,8 +230,8 @@ def test_transposition_moves_whole_windows_and_drops_no_note(data_dir, table):
   shifts = set()
   for base, roll in zip(bases, rolls):
     rows = np.nonzero(base.any(axis=(0, 1, 3)))[0]
-    assert (roll == ONSET).sum() == (base == ONSET).sum()
-    assert (roll == HELD).sum() == (base == HELD).sum()
+    assert (roll == CELL_ONSET).sum() == (base == CELL_ONSET).sum()
+    assert (roll == CELL_HELD).sum() == (base == CELL_HELD).sum()
     k = int(np.nonzero(roll.any(axis=(0, 1, 3)))[0][0] - rows[0])
     assert -5 <= k <= 5
     assert -rows[0] <= k <= 45 - rows[-1]
@@ -254,7 +254,7 @@ def test_transposition_uses_the_whole_feasible_range_and_spares_drums(data_dir):
   shifts = []
   for roll in rolls.reshape(200, 16, 84, 4):
     k = int(np.nonzero(roll[:, :, 0].any(axis=0))[0][0]) - 2
-    assert roll[0, 2 + k, 0] == ONSET and roll[4, 80 + k, 1] == ONSET
+    assert roll[0, 2 + k, 0] == CELL_ONSET and roll[4, 80 + k, 1] == CELL_ONSET
     np.testing.assert_array_equal(roll[:, 0, 3], [0] * 8 + [2, 1] + [0] * 6)
     assert (roll != 0).sum() == 10
     shifts.append(k)

@@ -8,7 +8,8 @@ import pytest
 
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
-from jaxgan import sharding, train
+from jaxgan import gan, runtime, sharding, train
+from jaxgan.gan import step as step_lib
 from jaxgan.data import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,8 +46,8 @@ SGD = {"g_optim.name": "sgd", "d_optim.name": "sgd"}
 def test_one_device_equals_eight_devices():
   config = tiny(**SGD)
   batches = _local_batches(config, 3)
-  one = train.Engine(config, sharding.make_mesh(devices=jax.devices()[:1]))
-  eight = train.Engine(config, sharding.make_mesh(devices=jax.devices()[:8]))
+  one = gan.Engine(config, sharding.make_mesh(devices=jax.devices()[:1]))
+  eight = gan.Engine(config, sharding.make_mesh(devices=jax.devices()[:8]))
   s1, m1 = _run(one, batches)
   s8, m8 = _run(eight, batches)
   for a, b in zip(_leaves(s1["g"]) + _leaves(s1["d"]), _leaves(s8["g"]) + _leaves(s8["d"])):
@@ -57,8 +58,8 @@ def test_one_device_equals_eight_devices():
 def test_fsdp_matches_data_parallel():
   config = tiny(**{"train.fsdp_min_size": 1}, **SGD)
   batches = _local_batches(config, 2)
-  dp = train.Engine(config, sharding.make_mesh(8, 1))
-  fsdp = train.Engine(config, sharding.make_mesh(2, 4))
+  dp = gan.Engine(config, sharding.make_mesh(8, 1))
+  fsdp = gan.Engine(config, sharding.make_mesh(2, 4))
   # Some weight really is split over the fsdp axis.
   specs = [s.spec for s in jax.tree.leaves(fsdp.state_sharding["g"])]
   assert any("fsdp" in tuple(spec) for spec in specs)
@@ -71,7 +72,7 @@ def test_fsdp_matches_data_parallel():
 def test_same_seed_same_parameters_bitwise():
   config = tiny()
   batches = _local_batches(config, 20)
-  engine = train.Engine(config, sharding.make_mesh())
+  engine = gan.Engine(config, sharding.make_mesh())
   a, _ = _run(engine, batches)
   b, _ = _run(engine, batches)
   for x, y in zip(_leaves(a), _leaves(b)):
@@ -82,7 +83,7 @@ def test_same_seed_same_parameters_bitwise():
 
 def test_critic_loop_runs_n_critic_updates():
   config = tiny(**{"loss.n_critic": 3})
-  engine = train.Engine(config, sharding.make_mesh())
+  engine = gan.Engine(config, sharding.make_mesh())
   batches = _local_batches(config, 1)
   assert batches[0]["pianoroll"].shape[:2] == (3, 8)
   state, metrics = _run(engine, batches)
@@ -106,7 +107,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
 def test_checkpoint_restores_on_another_device_count_and_skips_corrupt(tmp_path):
   config = tiny(**{"train.num_steps": 10, "train.ckpt_every": 5})
   final = jax.device_get(train.train_and_evaluate(config, str(tmp_path), progress=False))
-  one = train.Engine(config, sharding.make_mesh(devices=jax.devices()[:1]))
+  one = gan.Engine(config, sharding.make_mesh(devices=jax.devices()[:1]))
   ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), every=5, keep=3)
   assert ckpt.steps() == [5, 10]
   state, step = ckpt.restore_latest(one.abstract_with_shardings())
@@ -132,9 +133,9 @@ def test_warm_start_takes_weights_with_fresh_optimizer(tmp_path):
   config = tiny(**{"train.num_steps": 5, "train.ckpt_every": 5})
   source = jax.device_get(train.train_and_evaluate(config, str(tmp_path / "a"), progress=False))
   warm = tiny(**{"train.num_steps": 5, "train.init_from": str(tmp_path / "a")})
-  engine = train.Engine(warm, sharding.make_mesh())
+  engine = gan.Engine(warm, sharding.make_mesh())
   state = engine.init(jax.random.PRNGKey(3))
-  state = jax.device_get(train.warm_start(engine, state, str(tmp_path / "a")))
+  state = jax.device_get(engine.warm_start(state, str(tmp_path / "a")))
   for x, y in zip(_leaves(state["g"]), _leaves(source["g"])):
     np.testing.assert_array_equal(x, y)
   assert int(state["step"]) == 0
@@ -150,12 +151,12 @@ def test_bad_batch_for_devices_fails_before_compiling(tmp_path):
 
 def test_checkpoint_from_one_device_restores_on_eight(tmp_path):
   config = tiny(**{"train.fsdp_min_size": 1})
-  one = train.Engine(config, sharding.make_mesh(devices=jax.devices()[:1]))
+  one = gan.Engine(config, sharding.make_mesh(devices=jax.devices()[:1]))
   state = one.init(jax.random.PRNGKey(5))
   ckpt = ckpt_lib.Checkpointer(str(tmp_path), every=1, keep=2)
   ckpt.save(1, state, force=True)
   ckpt.close()
-  eight = train.Engine(config, sharding.make_mesh(2, 4))  # FSDP-sharded on the way back in
+  eight = gan.Engine(config, sharding.make_mesh(2, 4))  # FSDP-sharded on the way back in
   ckpt = ckpt_lib.Checkpointer(str(tmp_path), every=1, keep=2)
   restored, step = ckpt.restore_latest(eight.abstract_with_shardings())
   ckpt.close()
@@ -171,7 +172,7 @@ def test_reuse_fake_updates_g_on_the_last_critic_fakes(n_critic):
   """loss.reuse_fake: the G update is the gradient of the G loss, under the D just updated, at
   the fakes (same latents, same batch statistics) of the last critic update, as in the tutorial."""
   config = tiny(**{"loss.reuse_fake": True, "loss.n_critic": n_critic}, **SGD)
-  engine = train.Engine(config, sharding.make_mesh(devices=jax.devices()[:1]))
+  engine = gan.Engine(config, sharding.make_mesh(devices=jax.devices()[:1]))
   batch = _local_batches(config, 1)[0]
   state = engine.init(jax.random.PRNGKey(3))
   new, metrics = engine.step(state, batch)
@@ -184,7 +185,7 @@ def test_reuse_fake_updates_g_on_the_last_critic_fakes(n_critic):
   state = jax.device_get(engine.init(jax.random.PRNGKey(3)))
   real = np.where(batch["pianoroll"] > 0, 1.0, -1.0).astype(np.float32)
   style = batch["style"].astype(np.int32)
-  _, d_rng, _ = jax.random.split(state["rng"], 3)
+  d_rng = step_lib.step_keys(state["rng"]).critic
   slope = engine.slope(state["step"])
   d, d_opt = state["d"], state["d_opt"]
   critic_update = jax.jit(engine.critic_update)
@@ -194,8 +195,9 @@ def test_reuse_fake_updates_g_on_the_last_critic_fakes(n_critic):
                                 slope)
 
   def g_loss(g):
-    fake, stats = engine.critic_fakes(g, state["g_stats"], real[-1], style[-1], key, slope)
-    return -engine._d_fn(d, fake, style[-1]).mean(), stats  # pylint: disable=protected-access
+    fake, stats = step_lib.critic_fakes(engine, g, state["g_stats"], real[-1], style[-1], key,
+                                        slope)
+    return -engine.discriminate(d, fake, style[-1]).mean(), stats
 
   (loss, stats), grads = jax.jit(jax.value_and_grad(g_loss, has_aux=True))(state["g"])
   lr = config.g_optim.learning_rate
@@ -211,8 +213,8 @@ def test_reuse_fake_updates_g_on_the_last_critic_fakes(n_critic):
 @pytest.mark.parametrize("overrides", [{}, {"conditioning.infill": 0.5}])
 def test_cpu_sampler_pieces_compute_what_one_batch_does(overrides):
   config = tiny(**overrides)
-  one = train.Engine(config, sharding.make_mesh(devices=jax.devices()[:1]))
-  eight = train.Engine(config, sharding.make_mesh(devices=jax.devices()[:8]))
+  one = gan.Engine(config, sharding.make_mesh(devices=jax.devices()[:1]))
+  eight = gan.Engine(config, sharding.make_mesh(devices=jax.devices()[:8]))
   assert [one.sample_chunks(n) for n in (256, 4096, 96, 64, 40, 8)] == [8, 8, 2, 2, 1, 1]
   assert eight.sample_chunks(256) == 1   # a multi-device mesh keeps the batch whole
   key = jax.random.PRNGKey(3)
@@ -226,12 +228,12 @@ def test_cpu_sampler_pieces_compute_what_one_batch_does(overrides):
 
 def test_cpu_kernels_compile_at_llvm_o1_unless_xla_flags_choose():
   level = {"xla_backend_optimization_level": 1}
-  assert train.compiler_options("cpu", "") == level
-  assert train.compiler_options("cpu", "--xla_force_host_platform_device_count=8") == level
-  assert train.compiler_options("cpu", "--xla_backend_optimization_level=3") is None
-  assert train.compiler_options("gpu", "") is None and train.compiler_options("tpu", "") is None
-  engine = train.Engine(tiny(), sharding.make_mesh(devices=jax.devices()[:1]))
-  assert engine.compiler_options == train.compiler_options("cpu")
+  assert runtime.compiler_options("cpu", "") == level
+  assert runtime.compiler_options("cpu", "--xla_force_host_platform_device_count=8") == level
+  assert runtime.compiler_options("cpu", "--xla_backend_optimization_level=3") is None
+  assert runtime.compiler_options("gpu", "") is None and runtime.compiler_options("tpu", "") is None
+  engine = gan.Engine(tiny(), sharding.make_mesh(devices=jax.devices()[:1]))
+  assert engine.compiler_options == runtime.compiler_options("cpu")
   # The option reaches XLA: an unknown name would be refused when the step compiles.
   bad = jax.jit(lambda x: x + 1, compiler_options={"xla_no_such_option": 1})
   with pytest.raises(Exception, match="xla_no_such_option"):

@@ -114,7 +114,7 @@ def test_every_voice_sings_one_pitch_at_a_time_in_every_sample(engine_state):
   # Longer pieces than the training window (the model reads any length).
   gen = sample_lib.Generator(config=engine.config, engine=engine, variables={
       "params": state["g_ema"], "batch_stats": {}}, step=0,
-      tracks=sample_lib._tracks_for(engine.config))  # pylint: disable=protected-access
+      tracks=sample_lib.tracks_for(engine.config))
   long = sample_lib.sample(gen, jax.random.PRNGKey(9), 4, bars=5)
   assert long.shape[:2] == (4, 5)
   for _, col, _, _ in _voice_columns(engine, long):
@@ -235,10 +235,10 @@ def test_the_shipped_chorale_model_samples_restores_and_accompanies(tmp_path):
   out = str(tmp_path / "restored.mid")
   assert cli.main(["inpaint", "--pretrained", "jsb", "--input", path, "--bars", "3-4",
                    "--out", out]) == 0
-  from jaxgan import restore  # pylint: disable=import-outside-toplevel
-  song, _, _ = restore._read(gen, restore._load(gen, out), out,  # pylint: disable=protected-access
+  from jaxgan import inpaint  # pylint: disable=import-outside-toplevel
+  song, _, _ = inpaint._read(gen, inpaint._load(gen, out), out,  # pylint: disable=protected-access
                              [t.name for t in gen.tracks])
-  restored = restore._model_roll(gen, song, range(4))  # pylint: disable=protected-access
+  restored = inpaint._model_roll(gen, song, range(4))  # pylint: disable=protected-access
   original = real > 0
   keep = np.ones(restored.shape[0], bool)
   keep[2:4] = False

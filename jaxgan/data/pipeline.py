@@ -7,7 +7,8 @@ that never materialises) and stateless random transpositions. Resuming a run the
 only the step number, and each step's piano-rolls are built from the sparse notes on the fly,
 the whole batch at once (one scatter of its sounding cells), so no dense roll is ever stored.
 
-Two ways to split data across processes (`data_mode`):
+Two ways to split data across processes (`data.split_mode`, which `jaxgan train --data_mode`
+overrides):
 - "shard" (default, scales to big corpora): process p of P reads a disjoint 1/P of the split
   and draws its part of every global batch from it;
 - "replicate": every process loads the whole split and takes its slice of a global stream, so
@@ -139,12 +140,20 @@ def synthetic_style_names(config) -> tuple[str, ...]:
   return tuple(f"pattern{k}" for k in range(config.data.synthetic_patterns))
 
 
+def split_mode(config, data_mode: str | None = None) -> str:
+  """How processes split the training data: `data_mode` if given, else data.split_mode."""
+  mode = data_mode or config.data.get("split_mode", "shard")
+  if mode not in config_lib.SPLIT_MODES:
+    raise config_lib.ConfigError(f"data_mode={mode!r} is not one of {config_lib.SPLIT_MODES}")
+  return mode
+
+
 def load_song_table(config, split: str, *, process_index: int = 0, process_count: int = 1,
-                    data_mode: str = "shard") -> SongTable:
-  """Loads this process's songs of `split` at the config's resolution and meter."""
+                    data_mode: str | None = None) -> SongTable:
+  """Loads this process's songs of `split` at the config's resolution and meter
+  (`data_mode` overrides data.split_mode)."""
   d = config.data
-  if data_mode not in ("shard", "replicate"):
-    raise config_lib.ConfigError(f"data_mode={data_mode!r} is not one of ('shard', 'replicate')")
+  data_mode = split_mode(config, data_mode)
   if data_mode == "replicate":
     process_index, process_count = 0, 1
   if d.name == "synthetic":
@@ -184,9 +193,25 @@ def load_song_table(config, split: str, *, process_index: int = 0, process_count
   return _table_from_songs(songs, config, drum_tracks=drums)
 
 
+def resolve_styles(config) -> None:
+  """With conditioning.style on and no names given, takes the data set's style names."""
+  cc = config.conditioning
+  if not cc.style or tuple(cc.styles):
+    return
+  d = config.data
+  if d.name == "synthetic":
+    names = synthetic_style_names(config)
+  else:
+    from jaxgan.data import prepare  # pylint: disable=import-outside-toplevel
+    names = prepare.dataset_info(d.name, data_dir=d.data_dir or None).styles
+  if not names:
+    raise config_lib.ConfigError(f"conditioning.style: data set {d.name!r} has no styles")
+  cc.styles = tuple(names)
+
+
 def resolve_track_facts(config) -> None:
   """Fills data.track_ranges from the data set (when empty) and checks data.mono_tracks
-  against its tracks, before a run saves its config (like train.resolve_styles)."""
+  against its tracks, before a run saves its config (like `resolve_styles`)."""
   d = config.data
   if d.name == "synthetic" or (tuple(d.track_ranges) and not tuple(d.mono_tracks)):
     return
@@ -356,16 +381,25 @@ check_batch = config_lib.check_batch
 
 
 def make_dataset(config, *, start_step: int = 0, process_index: int | None = None,
-                 process_count: int | None = None, data_mode: str = "shard",
+                 process_count: int | None = None, data_mode: str | None = None,
                  table: SongTable | None = None) -> tf.data.Dataset:
   """The per-process tf.data pipeline: element s is the local batch of step start_step + s.
 
   Each element is {"pianoroll": uint8 [n_critic, local_batch, bars, steps, pitches, tracks],
-  "style": int32 [n_critic, local_batch]}.
+  "style": int32 [n_critic, local_batch]}. `data_mode` overrides data.split_mode.
   """
-  pi = jax.process_index() if process_index is None else process_index
   pc = jax.process_count() if process_count is None else process_count
   check_batch(config, None, pc)
+  return _make_dataset(config, start_step=start_step, process_index=process_index,
+                       process_count=pc, data_mode=data_mode, table=table)
+
+
+def _make_dataset(config, *, start_step: int, process_index: int | None, process_count: int,
+                  data_mode: str | None, table: SongTable | None) -> tf.data.Dataset:
+  """`make_dataset` without the batch check (its callers have made it)."""
+  pi = jax.process_index() if process_index is None else process_index
+  pc = process_count
+  data_mode = split_mode(config, data_mode)
   if table is None:
     table = load_song_table(config, config.data.split, process_index=pi, process_count=pc,
                             data_mode=data_mode)
@@ -421,11 +455,16 @@ def to_global(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.A
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 
-def train_iterator(config, mesh: Mesh, *, start_step: int = 0,
-                   data_mode: str = "shard") -> Iterator[dict[str, jax.Array]]:
-  """Global batches for steps start_step, start_step + 1, ...; resuming needs only the step."""
-  check_batch(config, mesh, jax.process_count())
-  ds = make_dataset(config, start_step=start_step, data_mode=data_mode)
+def train_iterator(config, mesh: Mesh, *, start_step: int = 0, data_mode: str | None = None,
+                   checked: bool = False) -> Iterator[dict[str, jax.Array]]:
+  """Global batches for steps start_step, start_step + 1, ...; resuming needs only the step.
+
+  checked: the caller has run `check_batch` with this mesh (the trainer does, before it
+  compiles), so it is not run again."""
+  if not checked:
+    check_batch(config, mesh, jax.process_count())
+  ds = _make_dataset(config, start_step=start_step, process_index=None,
+                     process_count=jax.process_count(), data_mode=data_mode, table=None)
   for local in ds.as_numpy_iterator():
     yield to_global(local, mesh)
 

@@ -13,11 +13,13 @@ from jaxgan.midi.io import (
   song_to_midi,
   write_midi,
 )
-from jaxgan.midi.pianoroll import HELD, ONSET, from_pianoroll, pianoroll_to_midi, to_pianoroll
+from jaxgan.midi.pianoroll import (
+  CELL_HELD, CELL_ONSET, from_pianoroll, pianoroll_to_midi, to_pianoroll)
 from jaxgan.midi.song import NOTE_FIELDS, Song, Track, normalize_notes
 
 __all__ = [
-  "COUNT_KEYS", "HELD", "NOTE_FIELDS", "ONSET", "MidiConfig", "MidiError", "Segment", "Song",
+  "CELL_HELD", "CELL_ONSET", "COUNT_KEYS", "NOTE_FIELDS", "MidiConfig", "MidiError", "Segment",
+  "Song",
   "Track", "Vocabulary", "decode", "decode_midi", "encode", "from_pianoroll", "load_midi",
   "load_song", "normalize_notes", "pianoroll_to_midi", "quantize", "quantize_segments",
   "song_to_midi", "to_pianoroll", "write_midi",

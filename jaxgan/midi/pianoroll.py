@@ -1,6 +1,7 @@
 """The multi-track piano-roll: uint8 [num_bars, steps_per_bar, num_pitches, num_tracks].
 
-A cell is 0 (silent), HELD (sounding, begun earlier) or ONSET (a note begins at this step).
+A cell is 0 (silent), CELL_HELD (sounding, begun earlier) or CELL_ONSET (a note begins at this
+step). (`song.ONSET` is the onset column of a note table.)
 Marking onsets keeps repeated notes of one pitch apart, so a song survives the round trip
 note for note (velocity aside). Rows are pitches from `config.lowest_pitch` up.
 """
@@ -13,10 +14,9 @@ import miditoolkit
 import numpy as np
 
 from jaxgan.midi.io import MidiConfig, song_to_midi
-from jaxgan.midi.song import DURATION, PITCH, TRACK, Song, Track, normalize_notes
-from jaxgan.midi.song import ONSET as ONSET_COL
+from jaxgan.midi.song import DURATION, ONSET, PITCH, TRACK, Song, Track, normalize_notes
 
-HELD, ONSET = 1, 2
+CELL_HELD, CELL_ONSET = 1, 2
 
 
 def to_pianoroll(song: Song, config: MidiConfig) -> np.ndarray:
@@ -33,7 +33,7 @@ def to_pianoroll(song: Song, config: MidiConfig) -> np.ndarray:
   if len(notes) == 0:
     return roll
   row = notes[:, PITCH] - config.lowest_pitch
-  track, onset = notes[:, TRACK], notes[:, ONSET_COL]
+  track, onset = notes[:, TRACK], notes[:, ONSET]
   if row.min() < 0 or row.max() >= config.num_pitches:
     raise ValueError(f"{song.source}: pitches outside the config's range")
   if track.min() < 0 or track.max() >= num_tracks:
@@ -45,8 +45,8 @@ def to_pianoroll(song: Song, config: MidiConfig) -> np.ndarray:
   length = end - onset
   which = np.repeat(np.arange(len(notes)), length)
   offset = np.arange(int(length.sum())) - np.repeat(np.cumsum(length) - length, length)
-  flat[onset[which] + offset, row[which], track[which]] = HELD
-  flat[onset, row, track] = ONSET
+  flat[onset[which] + offset, row[which], track[which]] = CELL_HELD
+  flat[onset, row, track] = CELL_ONSET
   return roll
 
 
@@ -82,7 +82,7 @@ def from_pianoroll(
 ) -> Song:
   """A song from a piano-roll.
 
-  A roll holding ONSET cells is read onset-exact (as to_pianoroll writes it); a bool or 0/1
+  A roll holding CELL_ONSET cells is read onset-exact (as to_pianoroll writes it); a bool or 0/1
   roll is read as activity, each run of active steps one note. Notes longer than
   max_duration_beats are split. `tempo` is one value or one per bar.
   """
@@ -99,9 +99,9 @@ def from_pianoroll(
   if roll.dtype == bool:
     active, onsets = roll, np.zeros_like(roll)
   else:
-    if not np.isin(roll, (0, HELD, ONSET)).all():
+    if not np.isin(roll, (0, CELL_HELD, CELL_ONSET)).all():
       raise ValueError("piano-roll values must be 0, 1 (held) or 2 (onset); threshold it first")
-    active, onsets = roll != 0, roll == ONSET
+    active, onsets = roll != 0, roll == CELL_ONSET
   # [tracks, pitches, time] so that each row is one track and pitch over time.
   shape = (num_tracks * pitches, bars * steps)
   active = active.reshape(-1, pitches, num_tracks).transpose(2, 1, 0).reshape(shape)

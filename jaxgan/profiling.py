@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgan import config as config_lib
+from jaxgan import gan
 from jaxgan import sharding as shard_lib
 
 # Dense bf16 peaks, FLOP/s per chip, from vendor datasheets (no sparsity), by
@@ -177,7 +178,7 @@ def steady_step(config) -> int:
 
 
 def profile(config, workdir: str, *, steps: int = 50, warmup: int = 5, trace_steps: int = 5,
-            data_mode: str = "shard", input: str = "pipeline",
+            input: str = "pipeline",
             start_step: int | None = None) -> dict[str, Any]:
   """Times `steps` train steps of `config` after `warmup`; returns the figures as a dict.
 
@@ -185,8 +186,6 @@ def profile(config, workdir: str, *, steps: int = 50, warmup: int = 5, trace_ste
   The state's step counter starts at `start_step` (default `steady_step(config)`), so that the
   step-dependent schedules (critic count, slope) are those of a run at that step.
   """
-  from jaxgan import train  # pylint: disable=import-outside-toplevel
-
   if input not in INPUTS:
     raise ValueError(f"input={input!r}; allowed: {', '.join(INPUTS)}")
   if start_step is None:
@@ -197,8 +196,10 @@ def profile(config, workdir: str, *, steps: int = 50, warmup: int = 5, trace_ste
   tc = config.train
   mesh = shard_lib.make_mesh(tc.mesh_data, tc.mesh_fsdp)
   config_lib.check_batch(config, mesh, jax.process_count())
-  train.resolve_styles(config)
-  engine = train.Engine(config, mesh)
+  # Deferred: TensorFlow starts only when a profile runs.
+  from jaxgan.data import pipeline  # pylint: disable=import-outside-toplevel
+  pipeline.resolve_styles(config)
+  engine = gan.Engine(config, mesh)
   state = engine.init(jax.jit(lambda: jax.random.PRNGKey(tc.seed),
                               out_shardings=shard_lib.replicated(mesh))())
   state = dict(state, step=jax.device_put(jnp.asarray(start_step, state["step"].dtype),
@@ -206,8 +207,7 @@ def profile(config, workdir: str, *, steps: int = 50, warmup: int = 5, trace_ste
   if input == "synthetic":
     batches = synthetic_batches(config, mesh)
   else:
-    from jaxgan.data import pipeline  # pylint: disable=import-outside-toplevel
-    batches = pipeline.train_iterator(config, mesh, data_mode=data_mode)
+    batches = pipeline.train_iterator(config, mesh, checked=True)
   batch = next(batches)
   t = time.perf_counter()
   compiled = engine.step.lower(state, batch).compile()

@@ -1,0 +1,85 @@
+"""The `model` section of a voices config (model.arch="voices", voicegan.py): its defaults and
+the checks `config.validate` runs. Kept apart from the model so that a config loads without it."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from jaxgan.errors import ConfigError
+
+MASK_KINDS = ("cells", "bars", "voices", "all")
+CRITIC_INPUTS = ("gumbel", "softmax")
+
+
+def is_voice_model(config) -> bool:
+  return config.model.get("arch") == "voices"
+
+
+def model_config() -> ml_collections.ConfigDict:
+  """Defaults of `model` for arch="voices"; sizes as trained for the shipped chorale model."""
+  m = ml_collections.ConfigDict()
+  m.arch = "voices"
+  m.name = "voices"
+  m.features = 128              # transformer width of the generator
+  m.layers = 6
+  m.heads = 4
+  m.z_size = 32                 # latent added to every step: another z, another piece
+  m.critic_features = 96        # the critic (used only with loss.adv_weight > 0)
+  m.critic_layers = 3
+  m.dtype = "float32"           # or "bfloat16" (accelerators)
+  m.gibbs_rounds = 48           # sampling: refinement rounds after the first draw
+  m.gibbs_pmax = 0.9            # share of free cells redrawn in the second round...
+  m.gibbs_pmin = 0.1            # ...falling to this...
+  m.gibbs_anneal = 0.7          # ...over this share of the rounds
+  m.temperature = 1.0           # sampling temperature of the class distributions in the first
+  m.final_temperature = 0.5     # round, moving linearly to this in the last
+  return m
+
+
+def check_config(config) -> None:
+  """Raises ConfigError for a voices config that cannot train; called by config.validate."""
+  m, lc, d = config.model, config.loss, config.data
+  defaults = model_config()
+  unknown = sorted(set(m.keys()) - set(defaults.keys()))
+  if unknown:
+    raise ConfigError(f"model: unknown key(s) {unknown} for arch='voices'; known: "
+                                 f"{', '.join(sorted(defaults.keys()))}")
+  for key in ("features", "layers", "heads", "z_size", "critic_features", "critic_layers",
+              "gibbs_rounds"):
+    v = m.get(key, defaults[key])
+    if isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "gibbs_rounds" else 1):
+      raise ConfigError(f"model.{key}={v!r} must be a positive integer")
+  if m.get("features", 128) % m.get("heads", 4):
+    raise ConfigError(f"model.features={m.features} must be a multiple of "
+                                 f"model.heads={m.heads}")
+  if m.get("dtype", "float32") not in ("float32", "bfloat16"):
+    raise ConfigError(f"model.dtype={m.dtype!r} is not one of ('float32', 'bfloat16')")
+  for key in ("gibbs_pmax", "gibbs_pmin", "gibbs_anneal"):
+    v = m.get(key, defaults[key])
+    if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+      raise ConfigError(f"model.{key}={v!r} must be in [0, 1]")
+  for key in ("temperature", "final_temperature"):
+    if not m.get(key, 1.0) > 0:
+      raise ConfigError(f"model.{key}={m.get(key)!r} must be > 0")
+  if not tuple(d.mono_tracks):
+    raise ConfigError("model.arch='voices' needs data.mono_tracks: the tracks that "
+                                 "sing one note at a time (e.g. (0, 1, 2, 3) for SATB)")
+  shares = tuple(lc.mask_shares)
+  if len(shares) != len(MASK_KINDS) or min(shares) < 0 or not sum(shares) > 0:
+    raise ConfigError(f"loss.mask_shares={shares!r} must be {len(MASK_KINDS)} shares "
+                                 f">= 0 ({', '.join(MASK_KINDS)}) with a positive sum")
+  for key in ("recon_weight", "adv_weight"):
+    if not lc[key] >= 0:
+      raise ConfigError(f"loss.{key}={lc[key]!r} must be >= 0")
+  if not lc.recon_weight + lc.adv_weight > 0:
+    raise ConfigError("loss.recon_weight and loss.adv_weight are both 0: nothing "
+                                 "to learn")
+  if lc.critic_input not in CRITIC_INPUTS:
+    raise ConfigError(f"loss.critic_input={lc.critic_input!r} is not one of "
+                                 f"{CRITIC_INPUTS}")
+  if not lc.gumbel_beta_max >= 1:
+    raise ConfigError(f"loss.gumbel_beta_max={lc.gumbel_beta_max!r} must be >= 1")
+  if config.conditioning.infill or config.conditioning.accompany:
+    raise ConfigError("conditioning.infill / conditioning.accompany are for the "
+                                 "MuseGAN models; the voices model always learns to fill "
+                                 "(loss.mask_shares)")
