@@ -171,20 +171,26 @@ def _rebuild(gen, midi: miditoolkit.MidiFile, song, shift: int, inst_track: dict
   def tick_of(step: int) -> int:
     return ((step + shift) * tpb * 2 + spb) // (2 * spb)
 
-  def _given_part(note: miditoolkit.Note, t: int) -> miditoolkit.Note | None:
-    """The note, or what of it sounds in given bars: a note begun in a hidden bar is dropped,
-    but its tail in a later given bar is kept there (cut to start where that bar starts)."""
-    bar = bar_of(int(note.start))
-    if not (0 <= bar < bars and hidden[bar, t]):
-      return note
-    while bar < bars and hidden[bar, t]:
-      bar += 1
-    if bar >= bars:
-      return None
-    start = tick_of(bar * steps_per_bar)
-    if int(note.end) <= start:
-      return None
-    return miditoolkit.Note(note.velocity, note.pitch, start, note.end)
+  def _given_parts(note: miditoolkit.Note, t: int) -> list[miditoolkit.Note]:
+    """What of the note sounds in given bars, so that those bars keep exactly their cells and
+    hidden bars hold generated notes alone (a monophonic voice stays monophonic): a note held
+    from a given bar into a hidden one ends where the hidden bar starts, and what of it sounds
+    on in a later given bar is kept there, from that bar's start."""
+    first, last = bar_of(int(note.start)), bar_of(max(int(note.end) - 1, int(note.start)))
+    if not any(0 <= b < bars and hidden[b, t] for b in range(first, last + 1)):
+      return [note]
+    parts, begin = [], None    # runs of given bars the note sounds in
+    for b in range(first, last + 2):
+      is_given = b <= last and not (0 <= b < bars and hidden[b, t])
+      if is_given and begin is None:
+        begin = b
+      elif not is_given and begin is not None:
+        lo = int(note.start) if begin == first else tick_of(begin * steps_per_bar)
+        hi = int(note.end) if b > last else tick_of(b * steps_per_bar)
+        if hi > lo:
+          parts.append(miditoolkit.Note(note.velocity, note.pitch, lo, hi))
+        begin = None
+    return parts
 
   track_inst: dict[int, miditoolkit.Instrument] = {}
   for inst in midi.instruments:
@@ -192,7 +198,7 @@ def _rebuild(gen, midi: miditoolkit.MidiFile, song, shift: int, inst_track: dict
     if t is None:
       continue
     track_inst.setdefault(t, inst)
-    inst.notes = [p for p in (_given_part(n, t) for n in inst.notes) if p is not None]
+    inst.notes = [p for n in inst.notes for p in _given_parts(n, t)]
   notes = _notes_of(gen, roll, hidden, song.time_signature, gen.tracks)
   for t in range(hidden.shape[1]):
     mine = notes[notes[:, 0] == t]
