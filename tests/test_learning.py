@@ -10,6 +10,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 from jaxgan import config as config_lib
 from jaxgan import gan, sharding
@@ -81,6 +82,7 @@ def _pitch_class_hist(rolls, lowest_pitch):
   return h / np.maximum(h.sum(1, keepdims=True), 1)
 
 
+@pytest.mark.slow   # a few hundred steps of a conditional model: minutes of CPU
 def test_infilling_follows_the_given_bar():
   """With bar 0 of a song given, the generated bar 1 takes that song's chord (each synthetic
   song repeats one of 4 chords), not just any chord of the data set."""
