@@ -89,3 +89,20 @@ def r1_penalty(d_fn: Callable[[Array], Array], real: Array) -> Array:
   g = jax.grad(lambda v: _f32(d_fn(v)).sum())(real)
   g = g.astype(jnp.float32).reshape(g.shape[0], -1)
   return 0.5 * jnp.square(g).sum(axis=1).mean()
+
+
+def critic_loss(loss_config, d_fn: Callable[[Array], Array], real: Array, fake: Array,
+                key: jax.Array) -> tuple[Array, dict[str, Array]]:
+  """D's loss of `loss_config.kind` with its penalties (gp_weight, r1_gamma), and its parts as
+  metrics: d_loss, gp, r1, d_real, d_fake (the mean logits)."""
+  real_logits, fake_logits = d_fn(real), d_fn(fake)
+  loss = d_loss(loss_config.kind, real_logits, fake_logits)
+  gp = r1 = jnp.zeros([], jnp.float32)
+  if loss_config.gp_weight > 0:
+    gp = gradient_penalty(d_fn, real, fake, key)
+    loss = loss + loss_config.gp_weight * gp
+  if loss_config.r1_gamma > 0:
+    r1 = r1_penalty(d_fn, real)
+    loss = loss + loss_config.r1_gamma * r1
+  return loss, dict(d_loss=loss, gp=gp, r1=r1, d_real=real_logits.mean(),
+                    d_fake=fake_logits.mean())

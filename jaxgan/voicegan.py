@@ -447,17 +447,7 @@ class VoiceEngine(VoiceModel):
 
       def d_loss_fn(d):
         d_fn = lambda x: self.critic.apply({"params": d}, x, d_style)  # noqa: E731
-        real_logits, fake_logits = d_fn(real), d_fn(fake)
-        loss = losses.d_loss(lc.kind, real_logits, fake_logits)
-        gp = r1 = jnp.zeros([], jnp.float32)
-        if lc.gp_weight > 0:
-          gp = losses.gradient_penalty(d_fn, real, fake, k_gp)
-          loss = loss + lc.gp_weight * gp
-        if lc.r1_gamma > 0:
-          r1 = losses.r1_penalty(d_fn, real)
-          loss = loss + lc.r1_gamma * r1
-        return loss, dict(d_loss=loss, gp=gp, r1=r1, d_real=real_logits.mean(),
-                          d_fake=fake_logits.mean())
+        return losses.critic_loss(lc, d_fn, real, fake, k_gp)
 
       d_grads, d_metrics = jax.grad(d_loss_fn, has_aux=True)(state["d"])
       d_updates, d_opt = self.d_tx.update(d_grads, state["d_opt"], state["d"])

@@ -77,19 +77,8 @@ def generator_keys(key: jax.Array) -> GeneratorKeys:
 
 def d_loss(model: GanModel, d_params, real, fake, style, key) -> tuple[jax.Array, dict]:
   """D's loss (with its penalties) on a real and a fake batch, and its parts as metrics."""
-  lc = model.config.loss
   d_fn = lambda x: model.discriminate(d_params, x, style)  # noqa: E731
-  real_logits, fake_logits = d_fn(real), d_fn(fake)
-  loss = losses.d_loss(lc.kind, real_logits, fake_logits)
-  gp = r1 = jnp.zeros([], jnp.float32)
-  if lc.gp_weight > 0:
-    gp = losses.gradient_penalty(d_fn, real, fake, key)
-    loss = loss + lc.gp_weight * gp
-  if lc.r1_gamma > 0:
-    r1 = losses.r1_penalty(d_fn, real)
-    loss = loss + lc.r1_gamma * r1
-  return loss, dict(d_loss=loss, gp=gp, r1=r1, d_real=real_logits.mean(),
-                    d_fake=fake_logits.mean())
+  return losses.critic_loss(model.config.loss, d_fn, real, fake, key)
 
 
 def critic_fakes(model: GanModel, g_params, g_stats, real, style, key, slope):
