@@ -42,7 +42,7 @@ def main() -> int:
     gen = sample.Generator.from_workdir(workdir)
     if real is None:
       real = evaluate.split_windows(gen.config, "validation")
-      spec = evaluate.roll_spec(gen)
+      spec = evaluate.roll_spec(gen.config, gen.tracks)
       data = voice_metrics.statistics(voice_metrics.from_rolls(real, spec))
     stats = voice_metrics.statistics(voice_metrics.from_rolls(
         sample.sample(gen, jax.random.PRNGKey(seed), args.num), spec))

@@ -51,7 +51,7 @@ def main() -> int:
       gen.engine.model_cfg.gibbs_pmin = args.pmin
     if real is None:
       real = evaluate.split_windows(gen.config, args.split)
-      spec = evaluate.roll_spec(gen)
+      spec = evaluate.roll_spec(gen.config, gen.tracks)
       bach = voice_metrics.report(real, real, spec=spec, onsets_at_changes=True, with_oa=False)
       vl = bach["voice_leading"]["bach"]
       print(f"{'Bach':>6} {'':>5} {'':>8} "
@@ -92,7 +92,7 @@ def restoration(args) -> int:
       gen.engine.model_cfg.gibbs_pmin = args.pmin
     if real is None:
       real = evaluate.split_windows(gen.config, args.split)
-      spec = evaluate.roll_spec(gen)
+      spec = evaluate.roll_spec(gen.config, gen.tracks)
       truth = voice_metrics.from_rolls(real, spec)
       n, bars, steps, _, tracks = real.shape
       hidden = voice_metrics.bar_span_mask(n, bars, steps, tracks, span=2, seed=args.seed)
