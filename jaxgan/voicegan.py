@@ -41,8 +41,7 @@ from jax.sharding import Mesh
 from jaxgan import config as config_lib
 from jaxgan import losses, optim, runtime
 from jaxgan import sharding as shard_lib
-from jaxgan.gan import state as state_lib
-from jaxgan.gan.step import Optimizers
+from jaxgan.gan.engine import Trainable
 from jaxgan.models import voicenet
 from jaxgan.models.voices_config import (  # noqa: F401  (part of this module's interface)
     CRITIC_INPUTS, MASK_KINDS, check_config, is_voice_model, model_config)
@@ -330,43 +329,27 @@ class VoiceModel:
     return nll
 
 
-class VoiceEngine(VoiceModel):
+class VoiceEngine(VoiceModel, Trainable):
   """What training compiles for a voices config on one mesh: the model (`VoiceModel`), its
   optimizers, the state's shapes and shardings, and the jitted `init` and `step`; the members
-  `gan.Engine` has."""
+  `gan.Engine` has (`gan.engine.Trainable`)."""
 
   def __init__(self, config, mesh: Mesh, track_names: Sequence[str] = ()):
     super().__init__(config, mesh, track_names)
-    self.txs = Optimizers.from_config(config)
-    self.g_tx, self.d_tx, self.g_lr, self.d_lr = (self.txs.g, self.txs.d, self.txs.g_lr,
-                                                  self.txs.d_lr)
-    self.abstract_state = jax.eval_shape(self._init, jax.random.PRNGKey(0))
-    self.state_sharding = state_lib.shardings(self.abstract_state, mesh, config)
-    self.init = self.jit(self._init, out_shardings=self.state_sharding)
-    self.step = self.jit(
-        self.train_step,
-        in_shardings=(self.state_sharding, shard_lib.batch(mesh, leading=1)),
-        out_shardings=(self.state_sharding, shard_lib.replicated(mesh)),
-        donate_argnums=0)
+    self._set_up_training(config, mesh)
 
   def _init(self, rng: jax.Array) -> State:
     g_key, d_key, rng = jax.random.split(rng, 3)
     cond = self.empty_condition(g_key, 1)
     g_params = self.generator.init(g_key, jnp.zeros([1, self.latent_size]), cond)["params"]
     state = {"step": jnp.zeros([], jnp.int32), "g": g_params, "g_stats": {},
-             "g_ema": jax.tree.map(jnp.copy, g_params), "g_opt": self.g_tx.init(g_params),
+             "g_ema": jax.tree.map(jnp.copy, g_params), "g_opt": self.txs.g.init(g_params),
              "rng": rng}
     if self.adversarial:
       style = jnp.zeros([1], jnp.int32) if self.cond["num_styles"] else None
       d_params = self.critic.init(d_key, jnp.zeros((1,) + self.data_shape), style)["params"]
-      state.update(d=d_params, d_opt=self.d_tx.init(d_params))
+      state.update(d=d_params, d_opt=self.txs.d.init(d_params))
     return state
-
-  def abstract_with_shardings(self) -> State:
-    return state_lib.with_shardings(self.abstract_state, self.state_sharding)
-
-  def warm_start(self, state: State, source: str) -> State:
-    return state_lib.warm_start(state, self.state_sharding, source)
 
   def train_step(self, state: State, batch: dict[str, jax.Array]) -> tuple[State, dict]:
     lc = self.config.loss
@@ -433,7 +416,7 @@ class VoiceEngine(VoiceModel):
       return loss, (aux, fake)
 
     (g_loss, (metrics, fake)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state["g"])
-    updates, g_opt = self.g_tx.update(g_grads, state["g_opt"], state["g"])
+    updates, g_opt = self.txs.g.update(g_grads, state["g_opt"], state["g"])
     g_params = optax.apply_updates(state["g"], updates)
     new_state = dict(step=state["step"] + 1, g=g_params, g_stats={},
                      g_ema=optim.ema_update(state["g_ema"], g_params,
@@ -450,12 +433,12 @@ class VoiceEngine(VoiceModel):
         return losses.critic_loss(lc, d_fn, real, fake, k_gp)
 
       d_grads, d_metrics = jax.grad(d_loss_fn, has_aux=True)(state["d"])
-      d_updates, d_opt = self.d_tx.update(d_grads, state["d_opt"], state["d"])
+      d_updates, d_opt = self.txs.d.update(d_grads, state["d_opt"], state["d"])
       new_state.update(d=optax.apply_updates(state["d"], d_updates), d_opt=d_opt)
       metrics.update(d_metrics, d_grad_norm=optax.tree_utils.tree_norm(d_grads),
-                     lr_d=self.d_lr(state["step"]))
+                     lr_d=self.txs.d_lr(state["step"]))
     metrics.update(g_loss=g_loss, g_grad_norm=optax.tree_utils.tree_norm(g_grads),
-                   slope=beta, lr_g=self.g_lr(state["step"]))
+                   slope=beta, lr_g=self.txs.g_lr(state["step"]))
     return new_state, metrics
 
   # ------------------------------------------------------------------------------------------
