@@ -39,8 +39,9 @@ import optax
 from jax.sharding import Mesh
 
 from jaxgan import config as config_lib
-from jaxgan import losses, optim, runtime
+from jaxgan import optim, runtime
 from jaxgan import sharding as shard_lib
+from jaxgan.gan import losses
 from jaxgan.gan.engine import Trainable
 from jaxgan.gan.step import Optimizers
 from jaxgan.models import voicenet
