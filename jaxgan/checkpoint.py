@@ -82,6 +82,32 @@ class Checkpointer:
     path = os.path.join(self.directory, str(step)) if step is not None else self.directory
     raise CheckpointWriteError("checkpoint", path, errors.reason_of(e), step) from None
 
+  def save_now(self, step: int, state, *, on_error: str) -> None:
+    """Starts saving `step` (async, whatever `every` says), a failed save handled as
+    `on_error` (train.on_save_error) says: raised as it is and naming the checkpoint kept
+    ("stop"), or logged, leaving this step to the next interval ("retry"). The previous save's
+    failure, reported only now, does not cost this one its turn."""
+    for _ in range(2):
+      try:
+        self.save(step, state, force=True)
+        return
+      except CheckpointWriteError as e:
+        if on_error == "stop":
+          raise self.with_kept(e, "stopped (train.on_save_error=stop)") from None
+        log.warning("%s; trying again at the next interval (train.on_save_error=retry)", e)
+        if e.step == step:
+          return
+        # That was the previous save, reported now; this one has not started yet.
+
+  def with_kept(self, e: CheckpointWriteError, what: str) -> CheckpointWriteError:
+    """`e` with what the run did (`what`) and which checkpoint it keeps."""
+    folder = self.directory   # read directly: the manager may be closed
+    steps = sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(
+        folder) else []
+    kept = (f"the checkpoint of step {steps[-1]} is intact" if steps
+            else "no checkpoint was written before")
+    return CheckpointWriteError(e.what, e.path, f"{e.reason}; {what}, {kept}", e.step)
+
   def reached_preemption(self, step: int) -> bool:
     return self.manager.reached_preemption(step)
 

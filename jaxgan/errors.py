@@ -4,8 +4,14 @@ config.json) and non-finite values. Kept free of heavy imports: the command line
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+log = logging.getLogger("jaxgan")
+T = TypeVar("T")
 
 # Tensorstore (Orbax's array writer) reports an OS error as text: "... [os_error_code='28']".
 _OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)'?")
@@ -47,3 +53,30 @@ def reason_of(e: BaseException) -> str:
   # TensorFlow puts the OS reason after the file name: "{{function_node ...}} PATH; REASON".
   first = lines[0].rsplit("; ", 1)[-1] if lines else type(e).__name__
   return first[:300]
+
+
+def attempt(on_error: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+  """fn(...), with a failed write (WriteError) handled as `on_error` (train.on_save_error)
+  says: raised ("stop") or logged and left for the next interval ("retry", returns None)."""
+  try:
+    return fn(*args, **kwargs)
+  except WriteError as e:
+    if on_error == "stop":
+      raise
+    log.warning("%s; trying again at the next interval (train.on_save_error=retry)", e)
+    return None
+
+
+def close_all(closers: Sequence[Callable[[], Any]], *, quiet: bool) -> Exception | None:
+  """Calls every closer, also after one failed, and returns the first failure. quiet: after
+  an error, whose message is the one to show: failures are logged at debug level only."""
+  failure = None
+  for close in closers:
+    try:
+      close()
+    except Exception as e:  # pylint: disable=broad-except
+      if quiet:
+        log.debug("while stopping: %s", e)
+      elif failure is None:
+        failure = e
+  return failure

@@ -18,7 +18,11 @@ Modes:
             uninterrupted run has them); the run stops after `train.nonfinite_max_skips`
             skipped steps in a row.
   rollback  the loop restores the last checkpoint (all are finite), multiplies the learning
-            rates by `train.rollback_lr_factor` and goes on (see train.py).
+            rates by `train.rollback_lr_factor` and goes on; WORKDIR/rollbacks.json keeps the
+            factor, so that a resumed run trains at the lowered rates.
+
+`Policy` is the host's side: it reads each fetched `health` and stops the run, counts skips, or
+decides and records a rollback, which the loop (train.py) then carries out.
 
 For trying a policy, $JAXGAN_FAULT_NAN_STEP=N makes step N's generator weights and g_loss NaN
 (once: not again after a rollback).
@@ -26,7 +30,12 @@ For trying a policy, $JAXGAN_FAULT_NAN_STEP=N makes step N's generator weights a
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import json
+import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +43,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgan.errors import NonFiniteError  # noqa: F401  (raised by the loop, train.py)
+from jaxgan import checkpoint as ckpt_lib
+from jaxgan import errors
+from jaxgan import workdir as workdir_lib
+from jaxgan.errors import NonFiniteError
+
+log = logging.getLogger("jaxgan")
 
 MODES = ("stop", "skip", "rollback")
 # The state's weights. The rest follows from them and from the gradients, whose norms are
@@ -146,3 +160,130 @@ def split_metrics(metrics: dict) -> tuple[dict, dict]:
 def host(health: dict) -> dict[str, np.ndarray]:
   """A device `health` fetched as numpy scalars."""
   return {k: np.asarray(v) for k, v in jax.device_get(health).items()}
+
+
+# --- the loop's side: what a fetched health makes the run do ----------------------------------
+
+
+def read_rollbacks(workdir: str) -> dict:
+  """WORKDIR/rollbacks.json: the learning-rate factor of earlier rollbacks and their events."""
+  path = workdir_lib.rollbacks(workdir)
+  if not os.path.exists(path):
+    return {"lr_factor": 1.0, "events": []}
+  try:
+    with open(path) as f:
+      record = json.load(f)
+    factor = float(record["lr_factor"])
+    events = list(record["events"])
+  except (ValueError, KeyError, TypeError) as e:
+    raise errors.ConfigError(
+        f"{path} is not a rollback record ({type(e).__name__}: {e}); delete it to train at the "
+        "config's learning rates") from None
+  return {"lr_factor": factor, "events": events}
+
+
+def scaled_learning_rates(config, factor: float):
+  """A copy of `config` with both learning rates times `factor` (the config itself if 1)."""
+  if factor == 1.0:
+    return config
+  scaled = copy.deepcopy(config)
+  for name in ("g_optim", "d_optim"):
+    scaled[name].learning_rate = float(scaled[name].learning_rate) * factor
+  return scaled
+
+
+class Policy:
+  """train.nonfinite for one run: the checked step (`checked`) and, on the host, what each
+  fetched health makes the run do (`act_on`). The learning-rate factor of the run's rollbacks
+  so far (`lr_factor`) is read from its workdir."""
+
+  def __init__(self, config, workdir: str, *, is_lead: bool):
+    self.config, self.workdir = config, workdir
+    self.is_lead = is_lead   # the one process that writes the rollback record
+    self.guard: Guard | None = None
+    self.record = read_rollbacks(workdir)
+    if self.lr_factor != 1.0:
+      log.warning("learning rates x%g after earlier rollbacks (%s)", self.lr_factor,
+                  workdir_lib.rollbacks(workdir))
+    self.skips_seen = 0
+    self.rolled_back_to: tuple[int, int] | None = None   # (checkpoint step, times in a row)
+
+  @property
+  def lr_factor(self) -> float:
+    return float(self.record["lr_factor"])
+
+  def checked(self, step_fn: Callable) -> Guard:
+    """The checked step of an engine's pure `step_fn` (a new one after each rollback)."""
+    self.guard = Guard(step_fn, self.config.train.nonfinite)
+    return self.guard
+
+  def act_on(self, health: dict, step: int, checkpointer: ckpt_lib.Checkpointer) -> bool:
+    """Applies train.nonfinite to a fetched health at the loop's `step`: raises NonFiniteError
+    to stop; returns True when the run must roll back (to the last checkpoint at `lr_factor`,
+    both recorded already), else False."""
+    tc = self.config.train
+    guard = self.guard
+    if tc.nonfinite == "skip":
+      skips = int(health["skips"])
+      if skips > self.skips_seen:
+        self.skips_seen = skips
+        log.warning("skipped %d non-finite step(s) so far, the first at %s", skips,
+                    guard.describe(health))
+      if int(health["max_run"]) >= tc.nonfinite_max_skips:
+        raise NonFiniteError(
+            f"{int(health['max_run'])} non-finite steps in a row by step {step} "
+            f"(train.nonfinite_max_skips={tc.nonfinite_max_skips}; the first at "
+            f"{guard.describe(health)}); stopped. {_kept(checkpointer)}")
+      return False
+    if int(health["first_step"]) < 0:
+      return False
+    what = guard.describe(health)
+    if tc.nonfinite == "stop":
+      raise NonFiniteError(f"non-finite values at {what}; stopped "
+                           f"(train.nonfinite=stop). {_kept(checkpointer)}")
+    self._record_rollback(what, checkpointer)
+    return True
+
+  def _record_rollback(self, what: str, checkpointer: ckpt_lib.Checkpointer) -> None:
+    """Lowers `lr_factor` and writes it with the event to WORKDIR/rollbacks.json; stops after
+    train.nonfinite_max_rollbacks rollbacks in a row to the same checkpoint."""
+    tc = self.config.train
+    checkpointer.wait()
+    steps = checkpointer.steps()
+    target = steps[-1] if steps else 0
+    times = self.rolled_back_to[1] + 1 if self.rolled_back_to and \
+        self.rolled_back_to[0] == target else 1
+    if times > tc.nonfinite_max_rollbacks:
+      raise NonFiniteError(
+          f"non-finite values at {what} after {times - 1} rollback(s) to step {target} "
+          f"(train.nonfinite_max_rollbacks={tc.nonfinite_max_rollbacks}); stopped. "
+          f"{_kept(checkpointer)}")
+    self.rolled_back_to = (target, times)
+    factor = self.lr_factor * tc.rollback_lr_factor
+    self.record["lr_factor"] = factor
+    self.record["events"].append({
+        "at": what, "restored_step": target, "lr_factor": factor,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+    if self.is_lead:
+      path = workdir_lib.rollbacks(self.workdir)
+      try:
+        with open(path, "w") as f:
+          json.dump(self.record, f, indent=1)
+      except OSError as e:
+        raise errors.WriteError("the rollback record", path, errors.reason_of(e)) from None
+    scaled = scaled_learning_rates(self.config, factor)
+    log.warning("non-finite values at %s: rolling back to %s with learning rates x%g "
+                "(g %.3g, d %.3g)", what, f"the checkpoint of step {target}" if steps
+                else "the initial state", factor, scaled.g_optim.learning_rate,
+                scaled.d_optim.learning_rate)
+
+
+def _kept(checkpointer: ckpt_lib.Checkpointer) -> str:
+  """Which checkpoints the run keeps (every one finite)."""
+  with contextlib.suppress(errors.WriteError):
+    checkpointer.wait()
+  steps = checkpointer.steps()
+  if not steps:
+    return "No checkpoint was written."
+  return (f"Checkpoints kept (all finite): step {', '.join(map(str, steps))} in "
+          f"{checkpointer.directory}.")

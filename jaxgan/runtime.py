@@ -3,13 +3,17 @@ compilation cache and the stop signal."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import logging
 import os
 import signal
+import sys
 from typing import Any
 
 import jax
 
-from jaxgan import hostmem
+log = logging.getLogger("jaxgan")
 
 # LLVM's optimization level for XLA's CPU kernels: -O1 instead of XLA's -O3 compiles a train step
 # in clearly less CPU time and the steps and samplers run as fast (BENCHMARKS.md,
@@ -36,12 +40,65 @@ SAMPLE_CHUNK_MIN = 32
 
 def prepare(mesh) -> tuple[str, dict[str, Any] | None]:
   """(platform, compiler options) of the functions compiled for `mesh`, with the host tuned
-  for them: on a CPU, freed memory is kept mapped (hostmem.py), as XLA's CPU scratch buffers
-  would page-fault every step."""
+  for them: on a CPU, freed memory is kept mapped (`keep_freed_memory`), as XLA's CPU scratch
+  buffers would page-fault every step."""
   platform = mesh.devices.flat[0].platform
   if platform == "cpu":
-    hostmem.keep_freed_memory()
+    keep_freed_memory()
   return platform, compiler_options(platform)
+
+
+# --- Host memory ---------------------------------------------------------------------------------
+#
+# XLA's CPU runtime allocates each execution's scratch ("temp") buffer anew, tens of MB for a GAN
+# step. glibc serves blocks above 32 MB with a fresh `mmap` and returns them with `munmap`, so
+# every step touches tens of thousands of new pages and takes a page fault on each, a large share
+# of a small step's wall time. With `mmap` switched off for malloc and the heap's top kept instead
+# of trimmed, the buffer is carved from pages that are already mapped and nearly all the faults
+# go. Measured figures: BENCHMARKS.md.
+#
+# This is a process-wide malloc setting (glibc `mallopt`), applied once when a CPU engine is
+# built; elsewhere (other C libraries, macOS, accelerators' device memory) it is a no-op. The
+# price: memory freed in the middle of the heap is reused, not given back to the OS, so peak host
+# memory stays reserved. Set `JAXGAN_KEEP_HOST_MEMORY=0` to leave malloc alone.
+
+KEEP_HOST_MEMORY_ENV = "JAXGAN_KEEP_HOST_MEMORY"
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+# Heap top kept up to 2 GiB - 1 (mallopt takes an int): larger than any shipped step's scratch.
+_TRIM_THRESHOLD = 2**31 - 1
+
+_kept_freed_memory: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+  """Ask glibc to serve large blocks from the heap and keep freed pages mapped.
+
+  Returns whether the setting is in effect. Idempotent; a no-op (False) off glibc or with
+  JAXGAN_KEEP_HOST_MEMORY=0.
+  """
+  global _kept_freed_memory
+  if _kept_freed_memory is not None:
+    return _kept_freed_memory
+  _kept_freed_memory = False
+  if os.environ.get(KEEP_HOST_MEMORY_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    return False
+  if not sys.platform.startswith("linux"):
+    return False
+  try:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    mallopt = libc.mallopt
+  except (OSError, AttributeError):  # musl and other C libraries have no mallopt
+    return False
+  mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+  # mallopt returns 1 on success; both must hold for the buffer to stay mapped between steps.
+  _kept_freed_memory = (bool(mallopt(_M_MMAP_MAX, 0))
+                        and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)))
+  if _kept_freed_memory:
+    log.debug("host malloc: mmap off, trim threshold %d bytes (%s=0 to disable)",
+              _TRIM_THRESHOLD, KEEP_HOST_MEMORY_ENV)
+  return _kept_freed_memory
 
 
 def sample_chunks(mesh, num: int) -> int:

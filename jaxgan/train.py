@@ -9,9 +9,6 @@ evaluation, checkpoints, preemption, non-finite values and failed writes (README
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import json
 import logging
 import os
 import time
@@ -49,33 +46,6 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True,
     return run.train()
 
 
-def _read_rollbacks(workdir: str) -> dict:
-  """WORKDIR/rollbacks.json: the learning-rate factor of earlier rollbacks and their events."""
-  path = workdir_lib.rollbacks(workdir)
-  if not os.path.exists(path):
-    return {"lr_factor": 1.0, "events": []}
-  try:
-    with open(path) as f:
-      record = json.load(f)
-    factor = float(record["lr_factor"])
-    events = list(record["events"])
-  except (ValueError, KeyError, TypeError) as e:
-    raise config_lib.ConfigError(
-        f"{path} is not a rollback record ({type(e).__name__}: {e}); delete it to train at the "
-        "config's learning rates") from None
-  return {"lr_factor": factor, "events": events}
-
-
-def _scaled_learning_rates(config, factor: float):
-  """A copy of `config` with both learning rates times `factor` (the config itself if 1)."""
-  if factor == 1.0:
-    return config
-  scaled = copy.deepcopy(config)
-  for name in ("g_optim", "d_optim"):
-    scaled[name].learning_rate = float(scaled[name].learning_rate) * factor
-  return scaled
-
-
 class _Run:
   """One `train_and_evaluate`: what the loop and a rollback share."""
 
@@ -92,10 +62,7 @@ class _Run:
     pipeline.resolve_styles(config)
     pipeline.resolve_track_facts(config)
     self.is_lead = jax.process_index() == 0
-    self.rollbacks = _read_rollbacks(workdir)
-    if self.rollbacks["lr_factor"] != 1.0:
-      log.warning("learning rates x%g after earlier rollbacks (%s)", self.rollbacks["lr_factor"],
-                  workdir_lib.rollbacks(workdir))
+    self.policy = nonfinite.Policy(config, workdir, is_lead=self.is_lead)
     self._build()
     if self.is_lead:
       config_lib.save_run_config(config, workdir)
@@ -105,17 +72,14 @@ class _Run:
     self.evaluate_fn = evaluate_fn
     self.best = self.writer = self.bar = None
     self.progress = progress
-    self.skips_seen = 0
-    self.rolled_back_to: tuple[int, int] | None = None   # (checkpoint step, times in a row)
 
   def _build(self) -> None:
     """The engine at the current learning rates and its checked, jitted step."""
     self.engine = engines.make_engine(
-        _scaled_learning_rates(self.config, self.rollbacks["lr_factor"]), self.mesh)
-    self.guard = nonfinite.Guard(self.engine.train_step, self.config.train.nonfinite)
+        nonfinite.scaled_learning_rates(self.config, self.policy.lr_factor), self.mesh)
     replicated = shard_lib.replicated(self.mesh)
     self.step_jit = self.engine.jit(
-        self.guard,
+        self.policy.checked(self.engine.train_step),
         in_shardings=(self.engine.state_sharding, shard_lib.batch(self.mesh, leading=1),
                       replicated),
         out_shardings=(self.engine.state_sharding, replicated, replicated),
@@ -136,7 +100,7 @@ class _Run:
   def _start(self, state: State, start: int, poison_at: int | None) -> None:
     """Positions the data at `start` and compiles the step, once, up front (so compile time
     is visible and separate)."""
-    self.state, self.step, self.saved = state, start, start
+    self.state, self.step = state, start
     self.health = jax.jit(lambda: nonfinite.new_health(poison_at),
                           out_shardings=shard_lib.replicated(self.mesh))()
     self.batches = pipeline.train_iterator(self.config, self.mesh, start_step=start,
@@ -194,7 +158,7 @@ class _Run:
           self.last_time, self.last_step = now, step
           self.pending = (step, dict(metrics, steps_per_s=rate,
                                      examples_per_s=rate * examples_per_step))
-          if health is not None and self._act_on(health):
+          if health is not None and self._rolled_back(health):
             continue   # rolled back: the loop goes on from the restored step
         else:
           self.bar.update_to(step)
@@ -202,18 +166,19 @@ class _Run:
         evaluate = tc.eval_every and step % tc.eval_every == 0
         save = step % tc.ckpt_every == 0 or last
         # Nothing non-finite is ever saved, evaluated or drawn: look before each of them.
-        if (sample or evaluate or save) and self._act_on(nonfinite.host(self.health)):
+        if (sample or evaluate or save) and self._rolled_back(nonfinite.host(self.health)):
           continue
         if sample:
           rolls = self.engine.sample_ema(self.state, jax.random.PRNGKey(step), 8)
-          self._attempt(self.writer.pianorolls, step, np.asarray(jax.device_get(rolls)))
+          errors.attempt(tc.on_save_error, self.writer.pianorolls, step,
+                         np.asarray(jax.device_get(rolls)))
         if evaluate:
           scalars = self.evaluate_fn(self.engine, self.state)
-          self._attempt(self.writer.scalars, step, scalars)
+          errors.attempt(tc.on_save_error, self.writer.scalars, step, scalars)
           if self.best is not None:
-            self._attempt(self.best.offer, step, self.state, scalars)
+            errors.attempt(tc.on_save_error, self.best.offer, step, self.state, scalars)
         if save:
-          self._save(step)
+          self.checkpointer.save_now(step, self.state, on_error=tc.on_save_error)
         if preempted:
           log.warning("stopping at step %d on request; saved a checkpoint", step)
           break
@@ -230,142 +195,29 @@ class _Run:
     self.pending = None
     shown, health = nonfinite.split_metrics(
         {k: float(v) for k, v in jax.device_get(metrics).items()})
-    self._attempt(self.writer.scalars, step, shown)
+    errors.attempt(self.config.train.on_save_error, self.writer.scalars, step, shown)
     self.bar.update_to(self.step, shown)
     return health or None
 
-  # --- non-finite values ----------------------------------------------------------------------
-
-  def _act_on(self, health: dict) -> bool:
-    """Applies train.nonfinite to a fetched health: raises NonFiniteError to stop; returns
-    True after a rollback (the loop goes on from the restored step), else False."""
-    tc = self.config.train
-    if tc.nonfinite == "skip":
-      skips = int(health["skips"])
-      if skips > self.skips_seen:
-        self.skips_seen = skips
-        log.warning("skipped %d non-finite step(s) so far, the first at %s", skips,
-                    self.guard.describe(health))
-      if int(health["max_run"]) >= tc.nonfinite_max_skips:
-        raise nonfinite.NonFiniteError(
-            f"{int(health['max_run'])} non-finite steps in a row by step {self.step} "
-            f"(train.nonfinite_max_skips={tc.nonfinite_max_skips}; the first at "
-            f"{self.guard.describe(health)}); stopped. {self._kept()}")
+  def _rolled_back(self, health: dict) -> bool:
+    """Applies train.nonfinite to a fetched health (nonfinite.Policy: stopping raises);
+    True after a rollback, from which the loop goes on."""
+    if not self.policy.act_on(health, self.step, self.checkpointer):
       return False
-    if int(health["first_step"]) < 0:
-      return False
-    what = self.guard.describe(health)
-    if tc.nonfinite == "stop":
-      raise nonfinite.NonFiniteError(f"non-finite values at {what}; stopped "
-                                     f"(train.nonfinite=stop). {self._kept()}")
-    self._rollback(what)
-    return True
-
-  def _kept(self) -> str:
-    """Which checkpoints the run keeps (every one finite)."""
-    with contextlib.suppress(errors.WriteError):
-      self.checkpointer.wait()
-    steps = self.checkpointer.steps()
-    if not steps:
-      return "No checkpoint was written."
-    return (f"Checkpoints kept (all finite): step {', '.join(map(str, steps))} in "
-            f"{self.checkpointer.directory}.")
-
-  def _rollback(self, what: str) -> None:
-    """Back to the last checkpoint (or the start) at lower learning rates."""
-    tc = self.config.train
-    self.checkpointer.wait()
-    steps = self.checkpointer.steps()
-    target = steps[-1] if steps else 0
-    times = self.rolled_back_to[1] + 1 if self.rolled_back_to and \
-        self.rolled_back_to[0] == target else 1
-    if times > tc.nonfinite_max_rollbacks:
-      raise nonfinite.NonFiniteError(
-          f"non-finite values at {what} after {times - 1} rollback(s) to step {target} "
-          f"(train.nonfinite_max_rollbacks={tc.nonfinite_max_rollbacks}); stopped. "
-          f"{self._kept()}")
-    self.rolled_back_to = (target, times)
-    factor = float(self.rollbacks["lr_factor"]) * tc.rollback_lr_factor
-    self.rollbacks["lr_factor"] = factor
-    self.rollbacks["events"].append({
-        "at": what, "restored_step": target, "lr_factor": factor,
-        "time": time.strftime("%Y-%m-%d %H:%M:%S")})
-    if self.is_lead:
-      path = workdir_lib.rollbacks(self.workdir)
-      try:
-        with open(path, "w") as f:
-          json.dump(self.rollbacks, f, indent=1)
-      except OSError as e:
-        raise errors.WriteError("the rollback record", path, errors.reason_of(e)) from None
-    scaled = _scaled_learning_rates(self.config, factor)
-    log.warning("non-finite values at %s: rolling back to %s with learning rates x%g "
-                "(g %.3g, d %.3g)", what, f"the checkpoint of step {target}" if steps
-                else "the initial state", factor, scaled.g_optim.learning_rate,
-                scaled.d_optim.learning_rate)
     self._build()
     state, start = self._restore_or_init()
     self._start(state, start, poison_at=None)   # an injected fault fires once
     self.bar.update_to(start)
-
-  # --- writes ---------------------------------------------------------------------------------
-
-  def _attempt(self, fn: Callable, *args, **kwargs):
-    """fn(...), with a failed write (errors.WriteError) handled as train.on_save_error says:
-    raised ("stop") or logged and left for the next interval ("retry")."""
-    try:
-      return fn(*args, **kwargs)
-    except errors.WriteError as e:
-      if self.config.train.on_save_error == "stop":
-        raise
-      log.warning("%s; trying again at the next interval (train.on_save_error=retry)", e)
-      return None
-
-  def _save(self, step: int) -> None:
-    for _ in range(2):
-      try:
-        self.checkpointer.save(step, self.state, force=True)
-        self.saved = step
-        return
-      except ckpt_lib.CheckpointWriteError as e:
-        if self.config.train.on_save_error == "stop":
-          raise self._final(e, "stopped (train.on_save_error=stop)") from None
-        log.warning("%s; trying again at the next interval (train.on_save_error=retry)", e)
-        if e.step == step:
-          return
-        # That was the previous save, reported now; this one has not started yet.
-
-  def _final(self, e: ckpt_lib.CheckpointWriteError, what: str
-             ) -> ckpt_lib.CheckpointWriteError:
-    """`e` with what the run did and which checkpoint it keeps."""
-    folder = self.checkpointer.directory   # read directly: the manager may be closed
-    steps = sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(
-        folder) else []
-    kept = (f"the checkpoint of step {steps[-1]} is intact" if steps
-            else "no checkpoint was written before")
-    return ckpt_lib.CheckpointWriteError(e.what, e.path, f"{e.reason}; {what}, {kept}", e.step)
+    return True
 
   def _close(self, quiet: bool) -> None:
     """Waits for the last save and closes the writers; quiet: after an error, whose message
     is the one to show."""
-    parts = [self.checkpointer.close]
-    if self.best is not None:
-      parts.append(self.best.close)
-    if self.writer is not None:
-      parts.append(self.writer.close)
-    if self.bar is not None:
-      parts.append(self.bar.close)
-    failure = None
-    for close in parts:
-      try:
-        close()
-      except Exception as e:  # pylint: disable=broad-except
-        if quiet:
-          log.debug("while stopping: %s", e)
-        elif failure is None:
-          failure = e
+    parts = [p for p in (self.checkpointer, self.best, self.writer, self.bar) if p is not None]
+    failure = errors.close_all([p.close for p in parts], quiet=quiet)
     if isinstance(failure, ckpt_lib.CheckpointWriteError):
       when = ("the run ended before a retry" if self.config.train.on_save_error == "retry"
               else "the run has ended")
-      raise self._final(failure, when) from None
+      raise self.checkpointer.with_kept(failure, when) from None
     if failure is not None:
       raise failure

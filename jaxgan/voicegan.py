@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,9 +39,10 @@ import optax
 from jax.sharding import Mesh
 
 from jaxgan import config as config_lib
-from jaxgan import losses, optim, runtime
+from jaxgan import optim, runtime
 from jaxgan import sharding as shard_lib
-from jaxgan.gan import state as state_lib
+from jaxgan.gan import losses
+from jaxgan.gan.engine import Trainable
 from jaxgan.gan.step import Optimizers
 from jaxgan.models import voicenet
 from jaxgan.models.voices_config import (  # noqa: F401  (part of this module's interface)
@@ -101,7 +102,7 @@ def draw_known(key: jax.Array, num: int, bars: int, steps: int, tracks: int,
 
 
 # --------------------------------------------------------------------------------------------
-# The engine: init, the jitted step and the Gibbs sampler for one config on one mesh.
+# The model: generator, critic, Gibbs sampler and likelihoods for one config on one mesh.
 
 
 class VoiceModel:
@@ -176,12 +177,12 @@ class VoiceModel:
   # ------------------------------------------------------------------------------------------
   # The step.
 
-  def _known_tracks(self, known: jax.Array) -> jax.Array:
+  def known_in_bars(self, known: jax.Array) -> jax.Array:
     """[B, T, tracks] -> [B, bars, steps, tracks]."""
     b, t, tracks = known.shape
     return known.reshape(b, t // self.steps, self.steps, tracks)
 
-  def _soft_piece(self, probs, poly_probs, roll) -> jax.Array:
+  def soft_piece(self, probs, poly_probs, roll) -> jax.Array:
     """A piece in [-1, 1] for the critic: voices from class probabilities [B, T, V, C],
     polyphonic tracks from on-probabilities (or the real cells)."""
     shape = roll.shape
@@ -229,7 +230,7 @@ class VoiceModel:
       vis_tracks = jnp.zeros(known.shape, bool).at[..., list(layout.tracks)].set(visible)
       for t in poly_tracks:
         vis_tracks = vis_tracks.at[..., t].set(known[..., t])
-      c = {"context": roll, "known": self._known_tracks(vis_tracks)}
+      c = {"context": roll, "known": self.known_in_bars(vis_tracks)}
       if style is not None:
         c["style"] = style
       return self.generator.apply({"params": params}, z, c)
@@ -320,7 +321,7 @@ class VoiceModel:
     def nll(params, roll, known, z):
       layout = self.layout
       classes, _ = voices_lib.classes_from_roll(layout, roll)
-      cond = {"context": roll, "known": self._known_tracks(known)}
+      cond = {"context": roll, "known": self.known_in_bars(known)}
       out = self.generator.apply({"params": params}, z, cond)
       logp = jax.nn.log_softmax(out["logits"], -1)
       cell = -jnp.take_along_axis(logp, classes[..., None], -1)[..., 0]
@@ -330,136 +331,149 @@ class VoiceModel:
     return nll
 
 
-class VoiceEngine(VoiceModel):
+# --------------------------------------------------------------------------------------------
+# Training, as pure functions of the model and its optimizers (as jaxgan/gan/step.py has them).
+
+
+class StepKeys(NamedTuple):
+  next: jax.Array     # the state's key for the next step
+  mask: jax.Array     # which cells each example gives (draw_known)
+  z: jax.Array        # the generator's latents
+  gumbel: jax.Array   # the critic's Gumbel-softmax sample of the fake
+  gp: jax.Array       # the gradient penalty's interpolation
+
+
+def step_keys(rng: jax.Array) -> StepKeys:
+  return StepKeys(*jax.random.split(rng, 5))
+
+
+def init_state(model: VoiceModel, txs: Optimizers, rng: jax.Array) -> State:
+  """The train state before the first step; the critic and its optimizer only when the loss
+  has an adversarial part."""
+  g_key, d_key, rng = jax.random.split(rng, 3)
+  cond = model.empty_condition(g_key, 1)
+  g_params = model.generator.init(g_key, jnp.zeros([1, model.latent_size]), cond)["params"]
+  state = {"step": jnp.zeros([], jnp.int32), "g": g_params, "g_stats": {},
+           "g_ema": jax.tree.map(jnp.copy, g_params), "g_opt": txs.g.init(g_params),
+           "rng": rng}
+  if model.adversarial:
+    style = jnp.zeros([1], jnp.int32) if model.cond["num_styles"] else None
+    d_params = model.critic.init(d_key, jnp.zeros((1,) + model.data_shape), style)["params"]
+    state.update(d=d_params, d_opt=txs.d.init(d_params))
+  return state
+
+
+def train_step(model: VoiceModel, txs: Optimizers, state: State, batch: dict[str, jax.Array]
+               ) -> tuple[State, dict[str, jax.Array]]:
+  """One step: the generator's update on the hidden cells of the batch's first real batch
+  (and, with an adversarial loss, the critic's update). `batch["pianoroll"]` is
+  [1, B, bars, steps, pitches, tracks] (uint8), `batch["style"]` [1, B]."""
+  lc = model.config.loss
+  layout = model.layout
+  roll = batch["pianoroll"][0]
+  style = batch["style"][0].astype(jnp.int32)
+  b, bars, steps, _, tracks = roll.shape
+  keys = step_keys(state["rng"])
+  known = draw_known(keys.mask, b, bars, steps, tracks, tuple(lc.mask_shares))
+  vtracks = list(layout.tracks)
+  vknown = known[..., vtracks]
+  classes, restrike = voices_lib.classes_from_roll(layout, roll)
+  # A restrike is a question only where a voice keeps the pitch of the step before.
+  prev = jnp.concatenate([jnp.full_like(classes[:, :1], -1), classes[:, :-1]], 1)
+  held = (classes == prev) & (classes != voices_lib.REST)
+  cond = {"context": roll, "known": model.known_in_bars(known)}
+  if model.cond["num_styles"]:
+    cond["style"] = style
+  z = jax.random.normal(keys.z, [b, model.latent_size], jnp.float32)
+  real_on = (roll > 0).astype(jnp.float32)
+  known_cells = known.reshape(b, bars, steps, 1, tracks)
+  poly_tracks = [t for t in range(tracks) if t not in layout.tracks]
+  beta = model.slope(state["step"])
+  d_style = style if model.cond["num_styles"] else None
+
+  def fake_piece(out):
+    if lc.critic_input == "softmax":   # the WGAN-GP language-model recipe
+      probs = jax.nn.softmax(out["logits"], -1)
+    else:                              # a straight-through Gumbel-softmax sample
+      probs = voices_lib.gumbel_softmax(keys.gumbel, out["logits"], beta)
+    probs = jnp.where(vknown[..., None], jax.nn.one_hot(classes, layout.num_classes), probs)
+    poly = jnp.where(known_cells, real_on, jax.nn.sigmoid(out["poly"]))
+    return model.soft_piece(probs, poly, roll)
+
+  def g_loss_fn(g):
+    out = model.generator.apply({"params": g}, z, cond)
+    ce, ce_cell = voices_lib.masked_cross_entropy(out["logits"], classes, ~vknown)
+    hidden_held = (~vknown & held).astype(jnp.float32)
+    restrike_bce = (optax.sigmoid_binary_cross_entropy(out["restrike"],
+                                                       restrike.astype(jnp.float32))
+                    * hidden_held).sum() / jnp.maximum(hidden_held.sum(), 1.0)
+    loss = lc.recon_weight * (ce + restrike_bce)
+    aux = dict(ce=ce, ce_cell=ce_cell, restrike_bce=restrike_bce)
+    if poly_tracks:
+      hidden_poly = jnp.broadcast_to(~known_cells, roll.shape)[..., poly_tracks]
+      bce = optax.sigmoid_binary_cross_entropy(out["poly"][..., poly_tracks],
+                                               real_on[..., poly_tracks])
+      h = hidden_poly.astype(jnp.float32)
+      poly_bce = (bce * h).sum() / jnp.maximum(h.sum(), 1.0)
+      loss = loss + lc.recon_weight * poly_bce
+      aux["poly_bce"] = poly_bce
+    # How the model's most likely fill sounds: rest share of its argmax on hidden cells.
+    hidden = (~vknown).astype(jnp.float32)
+    rest = (jnp.argmax(out["logits"], -1) == voices_lib.REST).astype(jnp.float32)
+    aux["pred_rest_share"] = (rest * hidden).sum() / jnp.maximum(hidden.sum(), 1.0)
+    aux["true_rest_share"] = ((classes == voices_lib.REST) * hidden).sum() / jnp.maximum(
+        hidden.sum(), 1.0)
+    fake = None
+    if model.adversarial:
+      fake = fake_piece(out)
+      g_adv = losses.g_loss(lc.kind, model.critic.apply({"params": state["d"]}, fake, d_style))
+      loss = loss + lc.adv_weight * g_adv
+      aux["g_adv"] = g_adv
+    return loss, (aux, fake)
+
+  (g_loss, (metrics, fake)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state["g"])
+  updates, g_opt = txs.g.update(g_grads, state["g_opt"], state["g"])
+  g_params = optax.apply_updates(state["g"], updates)
+  new_state = dict(step=state["step"] + 1, g=g_params, g_stats={},
+                   g_ema=optim.ema_update(state["g_ema"], g_params,
+                                          model.config.train.ema_decay),
+                   g_opt=g_opt, rng=keys.next)
+  if model.adversarial:
+    # The critic judges the given cells and the generated ones together; real pieces are
+    # the data's one-hot voices.
+    real = model.soft_piece(jax.nn.one_hot(classes, layout.num_classes), real_on, roll)
+    fake = jax.lax.stop_gradient(fake)
+
+    def d_loss_fn(d):
+      d_fn = lambda x: model.critic.apply({"params": d}, x, d_style)  # noqa: E731
+      return losses.critic_loss(lc, d_fn, real, fake, keys.gp)
+
+    d_grads, d_metrics = jax.grad(d_loss_fn, has_aux=True)(state["d"])
+    d_updates, d_opt = txs.d.update(d_grads, state["d_opt"], state["d"])
+    new_state.update(d=optax.apply_updates(state["d"], d_updates), d_opt=d_opt)
+    metrics.update(d_metrics, d_grad_norm=optax.tree_utils.tree_norm(d_grads),
+                   lr_d=txs.d_lr(state["step"]))
+  metrics.update(g_loss=g_loss, g_grad_norm=optax.tree_utils.tree_norm(g_grads),
+                 slope=beta, lr_g=txs.g_lr(state["step"]))
+  return new_state, metrics
+
+
+class VoiceEngine(VoiceModel, Trainable):
   """What training compiles for a voices config on one mesh: the model (`VoiceModel`), its
   optimizers, the state's shapes and shardings, and the jitted `init` and `step`; the members
-  `gan.Engine` has."""
+  `gan.Engine` has (`gan.engine.Trainable`)."""
 
   def __init__(self, config, mesh: Mesh, track_names: Sequence[str] = ()):
     super().__init__(config, mesh, track_names)
-    self.txs = Optimizers.from_config(config)
-    self.g_tx, self.d_tx, self.g_lr, self.d_lr = (self.txs.g, self.txs.d, self.txs.g_lr,
-                                                  self.txs.d_lr)
-    self.abstract_state = jax.eval_shape(self._init, jax.random.PRNGKey(0))
-    self.state_sharding = state_lib.shardings(self.abstract_state, mesh, config)
-    self.init = self.jit(self._init, out_shardings=self.state_sharding)
-    self.step = self.jit(
-        self.train_step,
-        in_shardings=(self.state_sharding, shard_lib.batch(mesh, leading=1)),
-        out_shardings=(self.state_sharding, shard_lib.replicated(mesh)),
-        donate_argnums=0)
+    self._set_up_training(config, mesh)
 
   def _init(self, rng: jax.Array) -> State:
-    g_key, d_key, rng = jax.random.split(rng, 3)
-    cond = self.empty_condition(g_key, 1)
-    g_params = self.generator.init(g_key, jnp.zeros([1, self.latent_size]), cond)["params"]
-    state = {"step": jnp.zeros([], jnp.int32), "g": g_params, "g_stats": {},
-             "g_ema": jax.tree.map(jnp.copy, g_params), "g_opt": self.g_tx.init(g_params),
-             "rng": rng}
-    if self.adversarial:
-      style = jnp.zeros([1], jnp.int32) if self.cond["num_styles"] else None
-      d_params = self.critic.init(d_key, jnp.zeros((1,) + self.data_shape), style)["params"]
-      state.update(d=d_params, d_opt=self.d_tx.init(d_params))
-    return state
+    return init_state(self, self.txs, rng)
 
-  def abstract_with_shardings(self) -> State:
-    return state_lib.with_shardings(self.abstract_state, self.state_sharding)
-
-  def warm_start(self, state: State, source: str) -> State:
-    return state_lib.warm_start(state, self.state_sharding, source)
-
-  def train_step(self, state: State, batch: dict[str, jax.Array]) -> tuple[State, dict]:
-    lc = self.config.loss
-    layout = self.layout
-    roll = batch["pianoroll"][0]
-    style = batch["style"][0].astype(jnp.int32)
-    b, bars, steps, _, tracks = roll.shape
-    rng, k_mask, k_z, k_gumbel, k_gp = jax.random.split(state["rng"], 5)
-    known = draw_known(k_mask, b, bars, steps, tracks, tuple(lc.mask_shares))
-    vtracks = list(layout.tracks)
-    vknown = known[..., vtracks]
-    classes, restrike = voices_lib.classes_from_roll(layout, roll)
-    # A restrike is a question only where a voice keeps the pitch of the step before.
-    prev = jnp.concatenate([jnp.full_like(classes[:, :1], -1), classes[:, :-1]], 1)
-    held = (classes == prev) & (classes != voices_lib.REST)
-    cond = {"context": roll, "known": self._known_tracks(known)}
-    if self.cond["num_styles"]:
-      cond["style"] = style
-    z = jax.random.normal(k_z, [b, self.latent_size], jnp.float32)
-    real_on = (roll > 0).astype(jnp.float32)
-    known_cells = known.reshape(b, bars, steps, 1, tracks)
-    poly_tracks = [t for t in range(tracks) if t not in layout.tracks]
-    beta = self.slope(state["step"])
-    d_style = style if self.cond["num_styles"] else None
-
-    def fake_piece(out):
-      if lc.critic_input == "softmax":   # the WGAN-GP language-model recipe
-        probs = jax.nn.softmax(out["logits"], -1)
-      else:                              # a straight-through Gumbel-softmax sample
-        probs = voices_lib.gumbel_softmax(k_gumbel, out["logits"], beta)
-      probs = jnp.where(vknown[..., None], jax.nn.one_hot(classes, layout.num_classes), probs)
-      poly = jnp.where(known_cells, real_on, jax.nn.sigmoid(out["poly"]))
-      return self._soft_piece(probs, poly, roll)
-
-    def g_loss_fn(g):
-      out = self.generator.apply({"params": g}, z, cond)
-      ce, ce_cell = voices_lib.masked_cross_entropy(out["logits"], classes, ~vknown)
-      hidden_held = (~vknown & held).astype(jnp.float32)
-      restrike_bce = (optax.sigmoid_binary_cross_entropy(out["restrike"],
-                                                         restrike.astype(jnp.float32))
-                      * hidden_held).sum() / jnp.maximum(hidden_held.sum(), 1.0)
-      loss = lc.recon_weight * (ce + restrike_bce)
-      aux = dict(ce=ce, ce_cell=ce_cell, restrike_bce=restrike_bce)
-      if poly_tracks:
-        hidden_poly = jnp.broadcast_to(~known_cells, roll.shape)[..., poly_tracks]
-        bce = optax.sigmoid_binary_cross_entropy(out["poly"][..., poly_tracks],
-                                                 real_on[..., poly_tracks])
-        h = hidden_poly.astype(jnp.float32)
-        poly_bce = (bce * h).sum() / jnp.maximum(h.sum(), 1.0)
-        loss = loss + lc.recon_weight * poly_bce
-        aux["poly_bce"] = poly_bce
-      # How the model's most likely fill sounds: rest share of its argmax on hidden cells.
-      hidden = (~vknown).astype(jnp.float32)
-      rest = (jnp.argmax(out["logits"], -1) == voices_lib.REST).astype(jnp.float32)
-      aux["pred_rest_share"] = (rest * hidden).sum() / jnp.maximum(hidden.sum(), 1.0)
-      aux["true_rest_share"] = ((classes == voices_lib.REST) * hidden).sum() / jnp.maximum(
-          hidden.sum(), 1.0)
-      fake = None
-      if self.adversarial:
-        fake = fake_piece(out)
-        g_adv = losses.g_loss(lc.kind, self.critic.apply({"params": state["d"]}, fake, d_style))
-        loss = loss + lc.adv_weight * g_adv
-        aux["g_adv"] = g_adv
-      return loss, (aux, fake)
-
-    (g_loss, (metrics, fake)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state["g"])
-    updates, g_opt = self.g_tx.update(g_grads, state["g_opt"], state["g"])
-    g_params = optax.apply_updates(state["g"], updates)
-    new_state = dict(step=state["step"] + 1, g=g_params, g_stats={},
-                     g_ema=optim.ema_update(state["g_ema"], g_params,
-                                            self.config.train.ema_decay),
-                     g_opt=g_opt, rng=rng)
-    if self.adversarial:
-      # The critic judges the given cells and the generated ones together; real pieces are
-      # the data's one-hot voices.
-      real = self._soft_piece(jax.nn.one_hot(classes, layout.num_classes), real_on, roll)
-      fake = jax.lax.stop_gradient(fake)
-
-      def d_loss_fn(d):
-        d_fn = lambda x: self.critic.apply({"params": d}, x, d_style)  # noqa: E731
-        return losses.critic_loss(lc, d_fn, real, fake, k_gp)
-
-      d_grads, d_metrics = jax.grad(d_loss_fn, has_aux=True)(state["d"])
-      d_updates, d_opt = self.d_tx.update(d_grads, state["d_opt"], state["d"])
-      new_state.update(d=optax.apply_updates(state["d"], d_updates), d_opt=d_opt)
-      metrics.update(d_metrics, d_grad_norm=optax.tree_utils.tree_norm(d_grads),
-                     lr_d=self.d_lr(state["step"]))
-    metrics.update(g_loss=g_loss, g_grad_norm=optax.tree_utils.tree_norm(g_grads),
-                   slope=beta, lr_g=self.g_lr(state["step"]))
-    return new_state, metrics
-
-  # ------------------------------------------------------------------------------------------
-  # Sampling: blocked Gibbs over the cells not given.
+  @functools.cached_property
+  def train_step(self) -> Callable[[State, dict[str, jax.Array]], tuple[State, dict]]:
+    """(state, batch) -> (state, metrics), not jitted: `train_step` of this engine."""
+    return functools.partial(train_step, self, self.txs)
 
 
 def heldout_nll(engine: VoiceEngine, params, windows: np.ndarray, *, batch: int = 32,

@@ -1,24 +1,29 @@
 """Digests of the train state after a few steps, to pin the step's results bitwise.
 
-tests/fixtures/golden_steps.json holds, per scenario (config, mesh), a SHA-256 of every leaf of
-the state and the exact last metrics, written by an earlier version of the code. A change that
-is meant to move code without changing the maths must reproduce them to the bit. XLA's CPU
-kernels depend on the jax version and the host's instruction set, so the comparison is made
-only where those match the fixture's (the test skips otherwise).
+tests/fixtures/golden_steps.json holds, per host and scenario (config, mesh), a SHA-256 of every
+leaf of the state and the exact last metrics, written by an earlier version of the code. A change
+that is meant to move code without changing the maths must reproduce them to the bit. XLA's CPU
+kernels depend on the jax version and the host's instruction set, so each scenario is compared
+only on a host the fixture has it for (the test skips otherwise). Steps compile at the package's
+own CPU options (`package_compiler_options`), not the suite's.
 
-    python -m tests.golden        # rewrites the fixture (only after a deliberate change)
+    python -m tests.golden [NAME ...]   # writes this host's results of the scenarios (default:
+                                        # all), only after a deliberate change or for a new host
 """
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
+import sys
+from collections.abc import Callable, Iterable, Iterator
 
 import jax
 import numpy as np
 
 from jaxgan import config as config_lib
-from jaxgan import sharding
+from jaxgan import runtime, sharding
 from jaxgan.data import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,6 +40,7 @@ SCENARIOS = {
                                          "loss.critic_warmup_n": 4,
                                          "conditioning.infill": 0.5}, None),
     "tiny_voices/1": ("tiny_voices.py", {"loss.adv_weight": 0.1}, None),
+    "tutorial/1": ("musegan_tutorial.py", {}, None),
 }
 
 
@@ -51,6 +57,31 @@ def host() -> dict[str, str]:
   except OSError:
     pass
   return {"jax": jax.__version__, "machine": platform.machine(), "isa": flags}
+
+
+@contextlib.contextmanager
+def package_compiler_options() -> Iterator[None]:
+  """Engines built inside compile at the package's CPU options (LLVM -O1), as the fixture was
+  written, whatever XLA_FLAGS says (the suite's -O0, conftest.py, rounds differently)."""
+  real = runtime.compiler_options
+  runtime.compiler_options = lambda platform, xla_flags=None: real(platform, "")
+  try:
+    yield
+  finally:
+    runtime.compiler_options = real
+
+
+def load() -> dict:
+  with open(FIXTURE) as f:
+    return json.load(f)
+
+
+def saved(fixture: dict, name: str, on_host: dict[str, str]) -> dict | None:
+  """The saved results of scenario `name` on host `on_host`, None when the fixture has none."""
+  for entry in fixture["hosts"]:
+    if entry["host"] == on_host and name in entry["scenarios"]:
+      return entry["scenarios"][name]
+  return None
 
 
 def _digest(x) -> str:
@@ -88,16 +119,31 @@ def combine(digests: dict[str, str]) -> dict[str, str]:
           for top, lines in parts.items()}
 
 
-def main() -> None:
-  from jaxgan import engines  # pylint: disable=import-outside-toplevel  (after the test set-up)
-  out = {"host": host(), "steps": STEPS,
-         "scenarios": {name: run(name, engines.make_engine) for name in SCENARIOS}}
+def write(names: Iterable[str], make_engine: Callable) -> None:
+  """Runs scenarios `names` and saves their results for this host in the fixture, beside
+  those of other hosts. The caller compiles as the package does (`package_compiler_options`)."""
+  fixture = load() if os.path.exists(FIXTURE) else {"steps": STEPS, "hosts": []}
+  assert fixture["steps"] == STEPS, "the fixture's other scenarios ran another number of steps"
+  here = host()
+  entry = next((e for e in fixture["hosts"] if e["host"] == here), None)
+  if entry is None:
+    entry = {"host": here, "scenarios": {}}
+    fixture["hosts"].append(entry)
+  for name in names:
+    entry["scenarios"][name] = run(name, make_engine)
+    print(f"{name}: done", flush=True)
   os.makedirs(os.path.dirname(FIXTURE), exist_ok=True)
   with open(FIXTURE, "w") as f:
-    json.dump(out, f, indent=1, sort_keys=True)
+    json.dump(fixture, f, indent=1, sort_keys=True)
   print(f"wrote {FIXTURE}")
+
+
+def main(argv: list[str]) -> None:
+  from jaxgan import engines  # pylint: disable=import-outside-toplevel  (after the test set-up)
+  with package_compiler_options():
+    write(argv or list(SCENARIOS), engines.make_engine)
 
 
 if __name__ == "__main__":
   import tests.conftest  # noqa: F401  (8 simulated devices, as in the tests)
-  main()
+  main(sys.argv[1:])

@@ -13,12 +13,13 @@ import pytest
 
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
-from jaxgan import engines, runtime, sample, sharding
+from jaxgan import engines, sample, sharding
 from tests import golden
 
-with open(golden.FIXTURE) as _f:
-  SAVED = json.load(_f)
+SAVED = golden.load()
 OLD_RUN = os.path.join(golden.ROOT, "tests", "fixtures", "tiny_run_v0")
+# One device, and the voices model, in `make test`; the other layouts in `make test-slow`.
+FAST = ("tiny/1", "tiny_voices/1", "tutorial/1")
 
 
 def _digests(state) -> dict[str, str]:
@@ -28,24 +29,22 @@ def _digests(state) -> dict[str, str]:
 
 
 @pytest.fixture(autouse=True)
-def _package_compiler_options(monkeypatch):
-  """The fixture holds what the package computes with its own CPU options (LLVM -O1); the
-  suite's XLA_FLAGS (-O0, see conftest.py) round differently, so these compiles override them."""
-  real = runtime.compiler_options
-  monkeypatch.setattr(runtime, "compiler_options", lambda platform, xla_flags=None: real(
-      platform, ""))
+def _package_compiler_options():
+  """The fixture holds what the package computes with its own CPU options (LLVM -O1)."""
+  with golden.package_compiler_options():
+    yield
 
 
-# One device, and the voices model, in `make test`; the other layouts in `make test-slow`.
 @pytest.mark.parametrize("name", [
-    pytest.param(n, marks=() if n in ("tiny/1", "tiny_voices/1") else pytest.mark.slow)
+    pytest.param(n, marks=() if n in FAST else pytest.mark.slow)
     for n in sorted(golden.SCENARIOS)])
 def test_step_reproduces_the_saved_results_bitwise(name):
-  if golden.host() != SAVED["host"]:
-    pytest.skip(f"the fixture was written with {SAVED['host']}, this is {golden.host()}: "
-                "XLA's CPU kernels may round differently")
+  want = golden.saved(SAVED, name, golden.host())
+  if want is None:
+    hosts = [e["host"] for e in SAVED["hosts"] if name in e["scenarios"]]
+    pytest.skip(f"the fixture has {name} for {hosts}, this is {golden.host()}: XLA's CPU "
+                "kernels may round differently")
   got = golden.run(name, engines.make_engine)
-  want = SAVED["scenarios"][name]
   assert got["state"] == want["state"]
   assert {k: got["metrics"][k] for k in want["metrics"]} == want["metrics"]
 

@@ -1,4 +1,4 @@
-"""hostmem: with the malloc setting on, a large block freed and allocated again keeps its pages."""
+"""runtime.keep_freed_memory: with the malloc setting on, a large block freed and allocated again keeps its pages."""
 
 import os
 import subprocess
@@ -13,12 +13,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE = """
 import resource, sys
 import numpy as np
-from jaxgan import hostmem
+from jaxgan import runtime
 try:  # numpy asks for huge pages on big arrays; XLA's buffers get none: count 4 KiB pages
   np._core.multiarray._set_madvise_hugepage(False)
 except AttributeError:
   np.core.multiarray._set_madvise_hugepage(False)
-applied = hostmem.keep_freed_memory()
+applied = runtime.keep_freed_memory()
 np.ones(16 * 2**20, np.float32)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(9):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgan import losses
+from jaxgan.gan import losses
 
 KEY = jax.random.PRNGKey(0)
 REAL = jnp.array([2.0, -1.0, 0.5])

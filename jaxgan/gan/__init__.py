@@ -1,5 +1,6 @@
-"""The MuseGAN maths: the model pair (model.py), the pure train step (step.py), the train state
-(state.py) and the engine that jits them for a mesh (engine.py). No files, no loop."""
+"""The MuseGAN maths: the model pair (model.py), the GAN losses (losses.py, also the voices
+model's), the pure train step (step.py), the train state (state.py) and the engine that jits
+them for a mesh (engine.py). No files, no loop."""
 
 from jaxgan.gan.engine import Engine
 from jaxgan.gan.model import GanModel

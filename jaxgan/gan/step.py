@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxgan import losses, optim
+from jaxgan import optim
+from jaxgan.gan import losses
 from jaxgan.gan.model import GanModel
 
 State = dict[str, Any]
