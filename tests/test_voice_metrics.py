@@ -194,6 +194,7 @@ def test_statistics_of_a_hand_made_line():
   assert get["notes_per_bar"] == 6  # the repeated G counts twice
   assert get["UPC"] == 5  # C D E G A
   assert get["QN"] == pytest.approx(4 / 6)  # the two 16ths are fragments
+  assert get["on_beat"] == pytest.approx(3 / 6)  # C, D and the first G start on a beat
   # Notes per pitch class C D E G G A: four of 1/6 and one of 1/3.
   assert get["PCE"] == pytest.approx(4 / 6 * math.log2(6) + 1 / 3 * math.log2(3))
   assert get["interval"] == pytest.approx((2 + 2 + 3 + 0 + 2) / 5)  # E -> G across the rest
@@ -348,6 +349,7 @@ def test_restoration_scores_by_hand():
   s = VM.restoration_scores(truth, octave_up, HIDDEN)
   assert s["s"]["cell_accuracy"] == 0.0 and s["s"]["pitch_class_accuracy"] == 1.0
   assert s["s"]["onset_f1"] == 0.0
+  assert s["s"]["rhythm_f1"] == 1.0  # every note starts where Bach's does, an octave up
   assert s["all"] == s["s"]
 
 
@@ -516,6 +518,7 @@ VOICE_CATCHES = {
     "notes_per_bar": {"noise", "silence", "random_lines"},
     "UPC": {"chord", "noise", "random_lines"},
     "QN": {"noise", "random_lines"},
+    "on_beat": {"noise", "random_lines"},
     "PCE": {"chord"},
     "interval": {"chord", "random_lines"},
     "TD": {"noise"},

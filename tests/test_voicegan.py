@@ -77,6 +77,7 @@ def test_mask_kinds_come_in_their_shares():
     ("--config.loss.mask_shares=(1.0, 0.0)", "loss.mask_shares"),
     ("--config.model.gibbs_pmax=1.5", "model.gibbs_pmax"),
     ("--config.model.temperature=0.0", "model.temperature"),
+    ("--config.model.voice_leading_penalty=-1.0", "model.voice_leading_penalty"),
     ("--config.conditioning.infill=0.5", "conditioning.infill"),
     ("--config.loss.critic_input=logits", "loss.critic_input"),
 ])

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jaxgan import voice_metrics
 from jaxgan.models import voices
 
 SHAPE = (2, 3, 8, 24, 3)   # batch, bars, steps, pitches, tracks
@@ -133,3 +134,65 @@ def test_layout_refuses_rows_outside_the_roll():
   layout = voices.VoiceLayout.from_pitches((0, 1), ((60, 81), (52, 74)), 24, 84)
   assert layout.ranges == ((36, 57), (28, 50))
   assert layout.num_classes == 24
+
+
+SATB_LAYOUT = voices.VoiceLayout(tracks=(0, 1, 2, 3), ranges=((30, 50), (25, 45), (20, 40),
+                                                              (10, 34)), num_pitches=60)
+
+
+def _classes(rows_per_voice):
+  """int32 [1, T, V] classes from piano-roll rows per voice (None = rest)."""
+  out = []
+  for v, rows in enumerate(rows_per_voice):
+    lo = SATB_LAYOUT.ranges[v][0]
+    out.append([voices.REST if r is None else r - lo + 1 for r in rows])
+  return jnp.asarray(np.asarray(out).T[None], jnp.int32)
+
+
+def test_parallel_counts_on_hand_made_moves():
+  # Soprano 42 -> ? -> held, alto 35 -> 37 -> 37: a fifth below the soprano at the start.
+  classes = _classes([[42, 42, 44], [35, 37, 37], [None, None, None], [None, None, None]])
+  counts = np.asarray(voices.parallel_perfect_counts(SATB_LAYOUT, classes))
+  soprano_at_1 = counts[0, 1, 0]
+  row = lambda r: r - SATB_LAYOUT.ranges[0][0] + 1  # noqa: E731
+  assert soprano_at_1[row(44)] == 1      # up a tone with the alto: fifth -> fifth
+  assert soprano_at_1[row(42)] == 0      # holds: oblique motion
+  assert soprano_at_1[row(40)] == 0      # contrary motion
+  assert soprano_at_1[row(49)] == 0      # into an octave from a fifth: a hidden octave
+  assert soprano_at_1[row(32)] == 0      # below the alto's range of motion, a third: none
+  assert counts[0, 1, 0, voices.REST] == 0
+  # Octaves and their compounds count the same way: soprano and bass two octaves apart.
+  classes = _classes([[46, 46, 46], [None] * 3, [None] * 3, [22, 24, 24]])
+  counts = np.asarray(voices.parallel_perfect_counts(SATB_LAYOUT, classes))
+  assert counts[0, 1, 0, row(48)] == 1   # both up a tone: octave -> octave
+  assert counts[0, 1, 0, row(47)] == 0
+
+
+def test_parallel_counts_agree_with_the_voice_leading_metric():
+  """For every cell and every choice there, the penalty's count equals the parallel fifths and
+  octaves `voice_metrics` finds at the two transitions around that cell."""
+  rng = np.random.default_rng(3)
+  steps = 6
+  rows = [[int(r) if rng.random() > 0.1 else None
+           for r in rng.integers(lo + 3, lo + 12, steps)] for lo, _ in SATB_LAYOUT.ranges]
+  classes = np.asarray(_classes(rows))
+  counts = np.asarray(voices.parallel_perfect_counts(SATB_LAYOUT, jnp.asarray(classes)))
+  pitch_of = voices.class_pitches(SATB_LAYOUT)
+
+  def events_at(cls, t):
+    pitch = np.take_along_axis(pitch_of[None, None].repeat(steps, 1),
+                               cls[..., None], -1)[..., 0]
+    vs = voice_metrics.from_pitches(pitch, steps_per_beat=1, steps_per_bar=steps)
+    _, events = voice_metrics.transition_events(vs)
+    hits = events["parallel_fifths"] | events["parallel_octaves"]
+    return hits[0, max(t - 1, 0):t + 1]    # the transitions into and out of step t
+
+  upper, lower = voice_metrics._pair_indices(4)  # noqa: SLF001
+  for t in range(steps):
+    for v in range(4):
+      pairs_with_v = (upper == v) | (lower == v)
+      for c in np.flatnonzero(SATB_LAYOUT.valid_classes()[v]):
+        changed = classes.copy()
+        changed[0, t, v] = c
+        expected = events_at(changed, t)[:, pairs_with_v].sum()
+        assert counts[0, t, v, c] == expected, (t, v, c)

@@ -183,3 +183,43 @@ def masked_cross_entropy(logits: Array, targets: Array, hidden: Array) -> tuple[
   mean = (per_example * has).sum() / jnp.maximum(has.sum(), 1.0)
   per_cell = (nll * h).sum() / jnp.maximum(h.sum(), 1.0)
   return mean, per_cell
+
+
+def class_pitches(layout: VoiceLayout) -> np.ndarray:
+  """int32 [V, C]: the piano-roll row of each voice's class, -1 for a rest and for classes
+  beyond the voice's range."""
+  c = np.arange(layout.num_classes)[None, :]
+  low = np.asarray([lo for lo, _ in layout.ranges])[:, None]
+  return np.where((c == REST) | ~layout.valid_classes(), -1, low + c - 1).astype(np.int32)
+
+
+def parallel_perfect_counts(layout: VoiceLayout, classes: Array) -> Array:
+  """float [B, T, V, C]: for each cell (step t, voice v) and each class it could take, how
+  many parallel fifths or octaves (unisons and compounds included) that choice would make with
+  the other voices as `classes` [B, T, V] has them, over the transitions t-1 -> t and
+  t -> t+1. A parallel is similar motion of both voices between two perfect intervals of the
+  same kind, as `voice_metrics.transition_events` counts it."""
+  pitch_of = jnp.asarray(class_pitches(layout))                     # [V, C]
+  num_voices = classes.shape[-1]
+  current = jnp.take_along_axis(jnp.broadcast_to(pitch_of, classes.shape[:2] + pitch_of.shape),
+                                classes[..., None], -1)[..., 0]    # [B, T, V]
+  silent = jnp.full_like(current[:, :1], -1)
+  before = jnp.concatenate([silent, current[:, :-1]], 1)
+  after = jnp.concatenate([current[:, 1:], silent], 1)
+  cand = pitch_of[None, None]                                       # [1, 1, V, C]
+
+  def parallel(a0, a1, b0, b1):
+    """Voice a a0 -> a1 against voice b b0 -> b1."""
+    sound = (a0 >= 0) & (a1 >= 0) & (b0 >= 0) & (b1 >= 0)
+    similar = (a0 != a1) & (b0 != b1) & (jnp.sign(a1 - a0) == jnp.sign(b1 - b0))
+    first, second = jnp.abs(a0 - b0) % 12, jnp.abs(a1 - b1) % 12
+    return sound & similar & (first == second) & ((first == 0) | (first == 7))
+
+  count = jnp.zeros(classes.shape + (pitch_of.shape[-1],), jnp.float32)
+  for w in range(num_voices):
+    wb, wc, wa = (x[..., w, None, None] for x in (before, current, after))   # [B, T, 1, 1]
+    vb, va = before[..., None], after[..., None]                             # [B, T, V, 1]
+    made = parallel(vb, cand, wb, wc) | parallel(cand, va, wc, wa)
+    other = (jnp.arange(num_voices) != w)[None, None, :, None]
+    count = count + (made & other).astype(jnp.float32)
+  return count

@@ -33,6 +33,7 @@ def model_config() -> ml_collections.ConfigDict:
   m.gibbs_anneal = 0.7          # ...over this share of the rounds
   m.temperature = 1.0           # sampling temperature of the class distributions in the first
   m.final_temperature = 0.5     # round, moving linearly to this in the last
+  m.voice_leading_penalty = 3.0  # logit penalty per parallel fifth/octave a draw would make
   return m
 
 
@@ -58,6 +59,10 @@ def check_config(config) -> None:
     v = m.get(key, defaults[key])
     if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
       raise ConfigError(f"model.{key}={v!r} must be in [0, 1]")
+  penalty = m.get("voice_leading_penalty", defaults.voice_leading_penalty)
+  if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not penalty >= 0:
+    raise ConfigError(f"model.voice_leading_penalty={penalty!r} must be a number >= 0 "
+                      "(0 turns it off)")
   for key in ("temperature", "final_temperature"):
     if not m.get(key, 1.0) > 0:
       raise ConfigError(f"model.{key}={m.get(key)!r} must be > 0")
