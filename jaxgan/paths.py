@@ -52,11 +52,12 @@ def dirname(path: str | os.PathLike) -> str:
 
 
 def local_only(path: str | os.PathLike, what: str) -> str:
-  """`path` itself, or a ValueError naming it when it has a scheme: for files that only a
+  """`path` itself, or a ConfigError naming it when it has a scheme: for files that only a
   local tool writes or reads (MIDI through miditoolkit, WAVs through FluidSynth, images)."""
   path = os.fspath(path)
   if has_scheme(path):
-    raise ValueError(f"{what} must be a local path, not {path}")
+    from jaxgan import errors  # pylint: disable=import-outside-toplevel
+    raise errors.ConfigError(f"{what} must be a local folder or file, not {path}")
   return path
 
 

@@ -13,7 +13,6 @@ import contextlib
 import copy
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +22,8 @@ import numpy as np
 
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
-from jaxgan import distributed, engines, errors, evaluate, nonfinite, profiling, runtime, summary
+from jaxgan import (distributed, engines, errors, evaluate, nonfinite, paths, profiling, runtime,
+                    summary)
 from jaxgan import lock as lock_lib
 from jaxgan import sharding as shard_lib
 from jaxgan import workdir as workdir_lib
@@ -42,8 +42,8 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True,
   raises nonfinite.NonFiniteError), a failed write as train.on_save_error says (stopping
   raises errors.WriteError). Each of these errors has a one-line message.
   """
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = paths.resolve(workdir)   # a gs:// workdir stays a URL
+  distributed.agreed(paths.makedirs, workdir)
   with lock_lib.hold(workdir, force=force) as lock:
     run = _Run(config, workdir, lock, progress=progress, evaluate_fn=evaluate_fn)
     return run.train()
@@ -52,11 +52,10 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True,
 def _read_rollbacks(workdir: str) -> dict:
   """WORKDIR/rollbacks.json: the learning-rate factor of earlier rollbacks and their events."""
   path = workdir_lib.rollbacks(workdir)
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return {"lr_factor": 1.0, "events": []}
   try:
-    with open(path) as f:
-      record = json.load(f)
+    record = json.loads(paths.read_text(path))
     factor = float(record["lr_factor"])
     events = list(record["events"])
   except (ValueError, KeyError, TypeError) as e:
@@ -89,16 +88,15 @@ class _Run:
     distributed.quiet_followers()
     # The one check of the batch against the devices: before anything compiles.
     config_lib.check_batch(config, self.mesh, jax.process_count())
-    pipeline.resolve_styles(config)
-    pipeline.resolve_track_facts(config)
     self.is_lead = jax.process_index() == 0
-    self.rollbacks = _read_rollbacks(workdir)
+    # Reads of this host's data and workdir, and process 0's write: a failure on one host
+    # ends every host with its message (distributed.agreed), not a wait in a collective.
+    self.rollbacks = distributed.agreed(self._host_checks)
     if self.rollbacks["lr_factor"] != 1.0:
       log.warning("learning rates x%g after earlier rollbacks (%s)", self.rollbacks["lr_factor"],
                   workdir_lib.rollbacks(workdir))
     self._build()
-    if self.is_lead:
-      config_lib.save_run_config(config, workdir)
+    distributed.agreed(lambda: self.is_lead and config_lib.save_run_config(config, workdir))
     self.checkpointer = ckpt_lib.Checkpointer(workdir_lib.checkpoints(workdir),
                                               every=tc.ckpt_every, keep=tc.keep_ckpts,
                                               clean_tmp=True)
@@ -107,6 +105,11 @@ class _Run:
     self.progress = progress
     self.skips_seen = 0
     self.rolled_back_to: tuple[int, int] | None = None   # (checkpoint step, times in a row)
+
+  def _host_checks(self) -> dict:
+    pipeline.resolve_styles(self.config)
+    pipeline.resolve_track_facts(self.config)
+    return _read_rollbacks(self.workdir)
 
   def _build(self) -> None:
     """The engine at the current learning rates and its checked, jitted step."""
@@ -139,9 +142,10 @@ class _Run:
     self.state, self.step, self.saved = state, start, start
     self.health = jax.jit(lambda: nonfinite.new_health(poison_at),
                           out_shardings=shard_lib.replicated(self.mesh))()
-    self.batches = pipeline.train_iterator(self.config, self.mesh, start_step=start,
-                                           checked=True)
-    self.batch = next(self.batches)
+    # This host's data (no windows, an unreadable split) fails every host together.
+    self.batches = distributed.agreed(pipeline.train_iterator, self.config, self.mesh,
+                                      start_step=start, checked=True)
+    self.batch = distributed.agreed(next, self.batches)
     t0 = time.perf_counter()
     self.step_fn = self.step_jit.lower(self.state, self.batch, self.health).compile()
     log.info("compiled the train step in %.1f s", time.perf_counter() - t0)
@@ -157,10 +161,11 @@ class _Run:
     try:
       self._start(state, start, nonfinite.fault_step())
       if self.evaluate_fn is None and tc.eval_every:
-        self.evaluate_fn = evaluate.periodic_evaluation(self.config)
+        self.evaluate_fn = distributed.agreed(evaluate.periodic_evaluation, self.config)
       if tc.best_metric:
         self.best = evaluate.BestKeeper(self.workdir, tc.best_metric, tc.best_mode)
-      self.writer = summary.Writer(self.workdir, enabled=self.is_lead)
+      # Process 0 writes the events: failing to open them there ends every host.
+      self.writer = distributed.agreed(summary.Writer, self.workdir, enabled=self.is_lead)
       self.bar = summary.progress(start, tc.num_steps, enabled=self.progress and self.is_lead)
       self._loop()
     except BaseException:
@@ -293,8 +298,7 @@ class _Run:
     if self.is_lead:
       path = workdir_lib.rollbacks(self.workdir)
       try:
-        with open(path, "w") as f:
-          json.dump(self.rollbacks, f, indent=1)
+        paths.write_atomic(path, json.dumps(self.rollbacks, indent=1))
       except OSError as e:
         raise errors.WriteError("the rollback record", path, errors.reason_of(e)) from None
     scaled = _scaled_learning_rates(self.config, factor)
@@ -338,8 +342,10 @@ class _Run:
              ) -> ckpt_lib.CheckpointWriteError:
     """`e` with what the run did and which checkpoint it keeps."""
     folder = self.checkpointer.directory   # read directly: the manager may be closed
-    steps = sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(
-        folder) else []
+    try:
+      steps = sorted(int(n) for n in paths.listdir(folder) if n.isdigit())
+    except OSError:   # no folder (nothing saved), or the storage is gone
+      steps = []
     kept = (f"the checkpoint of step {steps[-1]} is intact" if steps
             else "no checkpoint was written before")
     return ckpt_lib.CheckpointWriteError(e.what, e.path, f"{e.reason}; {what}, {kept}", e.step)
