@@ -313,6 +313,7 @@ class BestKeeper:
   def _write_value(self, step: int, value: float) -> None:
     if self.is_lead:
       try:
+        paths.makedirs(paths.dirname(self.json_path))   # Orbax may keep the folder elsewhere
         paths.write_atomic(self.json_path, json.dumps(
             {"step": int(step), "metric": self.metric, "value": value}))
       except OSError as e:

@@ -158,8 +158,12 @@ def write_bytes(path: str, data: bytes) -> None:
     with open(path, "wb") as f:
       f.write(data)
     return
-  with _as_os_errors(path), _gfile().GFile(path, "wb") as f:
-    f.write(data)
+  with _as_os_errors(path):
+    if path.startswith("ram://") and _gfile().exists(path):
+      # TensorFlow's in-memory file system appends to a file opened for writing again.
+      _gfile().remove(path)
+    with _gfile().GFile(path, "wb") as f:
+      f.write(data)
 
 
 def write_text(path: str, text: str) -> None:
