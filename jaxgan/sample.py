@@ -345,14 +345,14 @@ def write_samples(gen: Generator, rolls: np.ndarray, out_dir: str, *, prefix: st
   from jaxgan import summary  # pylint: disable=import-outside-toplevel
   paths.local_only(out_dir, "the samples folder (--out)")
   os.makedirs(out_dir, exist_ok=True)
-  paths = []
+  written = []
   for i, roll in enumerate(rolls):
     path = os.path.join(out_dir, f"{prefix}_{i:04d}.mid")
     gen.write_midi(roll, path, tempo=tempo)
-    paths.append(path)
+    written.append(path)
   summary.save_png(summary.render_pianorolls(rolls[:64], columns=min(4, len(rolls))),
                    os.path.join(out_dir, f"{prefix}s.png"))
-  return paths
+  return written
 
 
 def check_options(config, *, num: int, bars: int | None) -> None:
