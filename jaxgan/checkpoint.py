@@ -7,24 +7,34 @@ previous good one is used instead, so one bad write never loses a run.
 A save that fails (a full disk, a lost mount: any error of Orbax's writer, which reports it at
 the next save or wait) becomes one `CheckpointWriteError` naming the step, the path and the
 reason; its temporary folder is removed and the checkpoints before it stay as they were.
+
+The folder may be local or on shared storage: Orbax takes a gs:// URL as it is (an
+etils.epath.Path; its arrays go through tensorstore's GCS driver), and the few file operations
+here go through jaxgan.paths.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
-from jaxgan import errors
+from jaxgan import distributed, errors, paths
 from jaxgan import workdir as workdir_lib
 
 log = logging.getLogger("jaxgan")
 # Orbax writes a step into "<step>.orbax-checkpoint-tmp..." and renames it when complete.
 TMP_MARK = ".orbax-checkpoint-tmp"
+
+
+def orbax_path(directory: str) -> epath.Path:
+  """The path Orbax is given for a resolved `directory` (local, or gs:// which Orbax's epath
+  and tensorstore both speak)."""
+  return epath.Path(directory)
 
 
 class CheckpointWriteError(errors.WriteError):
@@ -39,10 +49,10 @@ class Checkpointer:
     """clean_tmp: remove the temporary folders of saves that never finished (a trainer that
     was killed); only for the trainer, which alone writes there (a reader must not: it would
     delete a save in progress)."""
-    self.directory = os.path.abspath(os.fspath(directory))
+    self.directory = paths.resolve(directory)
     quiet_failed_saves()
     self.manager = ocp.CheckpointManager(
-        self.directory,
+        orbax_path(self.directory),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=every,
             enable_async_checkpointing=async_save, cleanup_tmp_directories=clean_tmp))
@@ -71,15 +81,15 @@ class Checkpointer:
 
   def _failed(self, step: int | None, e: Exception) -> None:
     """Removes what the failed save left and raises its CheckpointWriteError."""
-    if jax.process_index() == 0 and os.path.isdir(self.directory):
-      for name in os.listdir(self.directory):
+    if jax.process_index() == 0 and paths.isdir(self.directory):
+      for name in paths.listdir(self.directory):
         if TMP_MARK in name and (step is None or name.split(TMP_MARK)[0] == str(step)):
-          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+          paths.rmtree(paths.join(self.directory, name), ignore_errors=True)
     try:
       self.manager.reload()
     except Exception:  # pylint: disable=broad-except  (the folder may be gone altogether)
       pass
-    path = os.path.join(self.directory, str(step)) if step is not None else self.directory
+    path = paths.join(self.directory, str(step)) if step is not None else self.directory
     raise CheckpointWriteError("checkpoint", path, errors.reason_of(e), step) from None
 
   def save_now(self, step: int, state, *, on_error: str) -> None:
@@ -102,8 +112,10 @@ class Checkpointer:
   def with_kept(self, e: CheckpointWriteError, what: str) -> CheckpointWriteError:
     """`e` with what the run did (`what`) and which checkpoint it keeps."""
     folder = self.directory   # read directly: the manager may be closed
-    steps = sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(
-        folder) else []
+    try:
+      steps = sorted(int(n) for n in paths.listdir(folder) if n.isdigit())
+    except OSError:   # no folder (nothing saved), or the storage is gone
+      steps = []
     kept = (f"the checkpoint of step {steps[-1]} is intact" if steps
             else "no checkpoint was written before")
     return CheckpointWriteError(e.what, e.path, f"{e.reason}; {what}, {kept}", e.step)
@@ -127,19 +139,25 @@ class Checkpointer:
       args = ocp.args.StandardRestore(abstract_state)
     for step in reversed(self.steps()):
       try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(state=args))
-        return restored["state"], step
+        restored, error = self.manager.restore(step, args=ocp.args.Composite(state=args)), None
       except Exception as e:  # orbax raises many types for truncated or garbled files
+        restored, error = None, e
         log.warning("checkpoint %s/%d does not restore (%s: %s); trying the previous one",
                     self.directory, step, type(e).__name__, str(e).splitlines()[0][:200])
-        self._set_aside(step)
+      # A step that fails on one host is set aside by all: every host resumes from one step.
+      if distributed.all_true(error is None):
+        return restored["state"], step
+      self._set_aside(step)
     return None, None
 
   def _set_aside(self, step: int) -> None:
     if jax.process_index() == 0:
-      path = os.path.join(self.directory, str(step))
-      if os.path.isdir(path):
-        os.replace(path, path + ".corrupt")
+      path = paths.join(self.directory, str(step))
+      try:
+        if paths.isdir(path):
+          paths.replace(path, path + ".corrupt")
+      except OSError as e:  # the next save of this step would fail, and say so
+        log.warning("cannot set %s aside: %s", path, errors.reason_of(e))
     self.manager.reload()
 
   def wait(self) -> None:
@@ -199,10 +217,10 @@ def quiet_failed_saves() -> None:
 
 def restore_unstructured(directory: str):
   """The newest state of another run as host arrays (for warm starts), whatever its config."""
-  directory = os.path.abspath(directory)
-  if os.path.isdir(workdir_lib.checkpoints(directory)):
+  directory = paths.resolve(directory)
+  if paths.isdir(workdir_lib.checkpoints(directory)):
     directory = workdir_lib.checkpoints(directory)
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+  manager = ocp.CheckpointManager(orbax_path(directory), options=ocp.CheckpointManagerOptions(read_only=True))
   step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(f"train.init_from={directory!r}: no checkpoint there")

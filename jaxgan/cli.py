@@ -80,15 +80,14 @@ def _add_source_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args, extra) -> int:
-  from jaxgan import sample  # pylint: disable=import-outside-toplevel
+  from jaxgan import paths, sample  # pylint: disable=import-outside-toplevel
   gen = sample.Generator.from_workdir(args.workdir, use_ema=not args.no_ema, best=args.best)
   metrics = None
   if args.metrics:
     import json  # pylint: disable=import-outside-toplevel
-    with open(args.metrics) as f:
-      metrics = json.load(f)
+    metrics = json.loads(paths.read_text(args.metrics))   # an eval JSON, maybe in a bucket
   out = sample.export(gen, args.out, dtype=args.dtype, metrics=metrics)
-  size = sum(os.path.getsize(os.path.join(out, n)) for n in os.listdir(out))
+  size = sum(paths.size(paths.join(out, n)) for n in paths.listdir(out))
   print(f"wrote {out}: generator of step {gen.step}, {size / 2**20:.1f} MiB")
   return 0
 
@@ -258,10 +257,12 @@ def cmd_render(args, extra) -> int:
 
 
 def cmd_gallery(args, extra) -> int:
-  from jaxgan import gallery, render  # pylint: disable=import-outside-toplevel
+  from jaxgan import gallery, paths, render  # pylint: disable=import-outside-toplevel
   if not (args.workdir or args.samples):
     args.command_parser.error("give --workdir, --samples or both")
-  folder = args.samples or os.path.join(args.workdir, "gallery")
+  # The page, its MIDI files, pictures and WAVs are local files (a browser opens them).
+  folder = paths.local_only(args.samples or os.path.join(args.workdir, "gallery"),
+                            "the gallery's folder (give a local --samples DIR)")
   if args.render:
     render.check_setup(args.soundfont, args.sample_rate)
   if not gallery.find_midis(folder):
@@ -285,7 +286,8 @@ def cmd_eval(args, extra) -> int:
   print(result["table"])
   for name, v in sorted(result.get("set_comparison", {}).items()):
     print(f"  {name:<28} OA {v['OA']:.3f}  KL {v['KL']:.3f}")
-  out = args.out or os.path.join(args.workdir or ".", f"eval_{result['step']}.json")
+  from jaxgan import paths  # pylint: disable=import-outside-toplevel
+  out = args.out or paths.join(args.workdir or ".", f"eval_{result['step']}.json")
   evaluate.write_json(result, out)
   print(f"wrote {out}")
   return 0

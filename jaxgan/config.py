@@ -18,7 +18,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxgan import errors, models, optim
+from jaxgan import errors, models, optim, paths
 from jaxgan import workdir as workdir_lib
 from jaxgan.errors import ConfigError  # noqa: F401  (raised here, caught by the command line)
 from jaxgan.models import voices_config
@@ -153,6 +153,7 @@ def optim_config(learning_rate: float) -> ConfigDict:
 
 
 def _import_config_file(path: str):
+  # A config is Python that this process imports: a local file (never a workdir's URL).
   if not os.path.isfile(path):
     raise ConfigError(f"config file {path!r} does not exist")
   spec = importlib.util.spec_from_file_location(f"jaxgan_config_{abs(hash(path))}", path)
@@ -429,8 +430,7 @@ def save_run_config(config: ConfigDict, workdir: str) -> None:
   cannot be written."""
   path = workdir_lib.config_path(workdir)
   try:
-    with open(path, "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    paths.write_atomic(path, config.to_json_best_effort(indent=2))
   except OSError as e:
     raise errors.WriteError("the run's config", path, errors.reason_of(e)) from None
 
@@ -438,11 +438,10 @@ def save_run_config(config: ConfigDict, workdir: str) -> None:
 def load_run_config(workdir: str) -> ConfigDict:
   """The config a workdir was trained with (saved as config.json when training starts)."""
   path = workdir_lib.config_path(workdir)
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise FileNotFoundError(f"{workdir} has no config.json, so no run was trained there: "
                             f"train one with `jaxgan train --config CONFIG --workdir {workdir}`")
-  with open(path) as f:
-    config = ConfigDict(json.load(f))
+  config = ConfigDict(json.loads(paths.read_text(path)))
   config.data.meter = tuple(config.data.meter)
   # Runs from older versions lack keys added since: they get the defaults (the old behaviour).
   base = base_config()

@@ -37,6 +37,14 @@ class WriteError(OSError):
   def __reduce__(self):
     return (type(self), (self.what, self.path, self.reason, self.step))
 
+  @classmethod
+  def relayed(cls, message: str) -> "WriteError":
+    """Another process's WriteError, known by its message alone (distributed.agree_ok)."""
+    error = cls("", "", message)
+    error.args = (message,)
+    error.what = error.path = ""
+    return error
+
 
 def reason_of(e: BaseException) -> str:
   """A short reason for a failed write, whatever raised it: an OSError, a tensorstore error

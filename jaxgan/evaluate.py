@@ -10,7 +10,6 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,7 +20,7 @@ import numpy as np
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
 from jaxgan import metrics as metrics_lib
-from jaxgan import sample, voice_metrics, voicegan
+from jaxgan import distributed, errors, paths, sample, voice_metrics, voicegan
 from jaxgan import workdir as workdir_lib
 from jaxgan.midi.song import Track
 
@@ -93,10 +92,11 @@ def evaluate(gen, *, split: str = "test", num: int = 256, seed: int = 0) -> dict
 
 
 def write_json(result: dict[str, Any], path: str) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump({k: v for k, v in result.items() if k != "table"}, f, indent=2,
-              default=lambda x: None if x != x else float(x))
+  """The result without its table as JSON at `path` (local or gs://)."""
+  path = paths.resolve(path)
+  paths.makedirs(paths.dirname(path))
+  paths.write_atomic(path, json.dumps({k: v for k, v in result.items() if k != "table"},
+                                      indent=2, default=lambda x: None if x != x else float(x)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,17 +274,30 @@ def sample_metrics(engine, state: dict, reference: DataReference | None = None
 
 class BestKeeper:
   """Keeps the checkpoint with the best value of one eval scalar in WORKDIR/best, with
-  best.json saying which step and value; survives restarts."""
+  best.json saying which step and value; survives restarts.
+
+  Process 0 reads and writes best.json and decides what is best; the other processes of a
+  multi-host run follow its decisions (they may not see the same file, and must save the same
+  checkpoints), and a failure of its reads or writes ends every process together.
+  """
 
   def __init__(self, workdir: str, metric: str, mode: str):
     self.metric, self.mode = metric, mode
     self.json_path = workdir_lib.best_info(workdir)
+    self.is_lead = jax.process_index() == 0
+    self.value = distributed.agreed(self._read_value)
     self.checkpointer = ckpt_lib.Checkpointer(workdir_lib.checkpoints(workdir, best=True),
                                               every=1, keep=1, clean_tmp=True)
-    self.value = None
-    if os.path.exists(self.json_path):
-      with open(self.json_path) as f:
-        self.value = json.load(f).get("value")
+
+  def _read_value(self) -> float | None:
+    if not self.is_lead or not paths.exists(self.json_path):
+      return None
+    try:
+      return json.loads(paths.read_text(self.json_path)).get("value")
+    except (ValueError, AttributeError) as e:
+      raise config_lib.ConfigError(
+          f"{self.json_path} is not a best-checkpoint record ({type(e).__name__}: {e}); "
+          "delete it (and best/checkpoints) to keep the best from now on") from None
 
   def better(self, value: float) -> bool:
     if not np.isfinite(value):
@@ -299,17 +312,25 @@ class BestKeeper:
           f"train.best_metric={self.metric!r} is not among the eval scalars: "
           f"{', '.join(sorted(scalars))}")
     value = float(scalars[self.metric])
-    if not self.better(value):
+    if not distributed.from_lead(self.better(value)):
       return False
     self.checkpointer.save(step, state, force=True)
     self.checkpointer.wait()
     self.value = value
-    if jax.process_index() == 0:
-      with open(self.json_path, "w") as f:
-        json.dump({"step": int(step), "metric": self.metric, "value": value}, f)
+    distributed.agreed(self._write_value, step, value)
     log.info("step %d: best %s so far (%.4g), kept in %s", step, self.metric, value,
-             os.path.dirname(self.json_path))
+             paths.dirname(self.json_path))
     return True
+
+  def _write_value(self, step: int, value: float) -> None:
+    if self.is_lead:
+      try:
+        paths.makedirs(paths.dirname(self.json_path))   # Orbax may keep the folder elsewhere
+        paths.write_atomic(self.json_path, json.dumps(
+            {"step": int(step), "metric": self.metric, "value": value}))
+      except OSError as e:
+        raise errors.WriteError("the best checkpoint's record", self.json_path,
+                                errors.reason_of(e)) from None
 
   def close(self) -> None:
     self.checkpointer.close()

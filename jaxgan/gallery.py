@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from jaxgan import paths
 from jaxgan import workdir as workdir_lib
 
 MIDI_EXTENSIONS = (".mid", ".midi")
@@ -57,8 +58,7 @@ def find_midis(folder: str | os.PathLike) -> list[str]:
 def run_grid(workdir: str | os.PathLike) -> Grid | None:
   """The grid a train workdir's model samples on (from its config.json), None without one."""
   try:
-    with open(workdir_lib.config_path(os.fspath(workdir))) as f:
-      data = json.load(f)["data"]
+    data = json.loads(paths.read_text(workdir_lib.config_path(os.fspath(workdir))))["data"]
     return Grid(steps_per_beat=int(data["steps_per_beat"]),
                 lowest_pitch=int(data["lowest_pitch"]), num_pitches=int(data["num_pitches"]))
   except (OSError, ValueError, KeyError, TypeError):

@@ -6,6 +6,11 @@ start (`WorkdirBusy`) unless the lock is stale: its pid is gone on this host, or
 refreshed for `stale_s` seconds (a trainer on another host that died with it). `force=True`
 takes any lock; the trainer that held it notices at its next refresh (`WorkdirLock.lost`).
 In a multi-host run process 0 holds the lock for all.
+
+On shared storage (a gs:// workdir) the lock is best effort: an object store has neither
+create-if-absent (O_EXCL) nor hard links here, so taking it is look, write, read back. Two
+trainers starting within the same second could both write; the one whose write was
+overwritten finds another token at its next refresh and stops (`lost`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+
+from jaxgan import paths
 
 log = logging.getLogger("jaxgan")
 
@@ -68,7 +75,8 @@ class WorkdirLock:
 
   def __init__(self, workdir: str, *, force: bool = False, refresh_s: float = REFRESH_S,
                stale_s: float = STALE_S):
-    self.path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
+    self.path = paths.join(paths.resolve(workdir), LOCK_FILE)
+    self.folder = paths.dirname(self.path)
     self.force, self.refresh_s, self.stale_s = force, refresh_s, stale_s
     now = time.time()
     self.mine = {"host": socket.gethostname(), "pid": os.getpid(),
@@ -83,8 +91,7 @@ class WorkdirLock:
   def read(self) -> dict | None:
     """The lock's content; None when there is no lock; {} when it cannot be parsed."""
     try:
-      with open(self.path) as f:
-        return json.load(f)
+      return json.loads(paths.read_text(self.path))
     except FileNotFoundError:
       return None
     except (OSError, ValueError):
@@ -94,7 +101,7 @@ class WorkdirLock:
     """Why `holder`'s lock no longer counts (None: it does)."""
     if not holder:
       try:
-        age = time.time() - os.path.getmtime(self.path)
+        age = time.time() - paths.mtime(self.path)
       except OSError:
         return "its lock file is gone"
       # A lock being created by the O_EXCL fallback is empty for a moment.
@@ -115,14 +122,20 @@ class WorkdirLock:
 
   def _write(self, exclusive: bool) -> bool:
     """Writes our content; with exclusive=True only if there is no lock (False if there is)."""
-    # Written whole beside the lock, then linked (exclusive) or renamed into place: a reader
-    # sees the old content or the new, never half of one.
-    tmp = f"{self.path}.{self.mine['token']}.tmp"
-    with open(tmp, "w") as f:
-      json.dump(self.mine, f, indent=1)
+    content = json.dumps(self.mine, indent=1)
     if not exclusive:
-      os.replace(tmp, self.path)
+      paths.write_atomic(self.path, content)
       return True
+    if paths.has_scheme(self.path):
+      # No create-if-absent on an object store: look, then write (see the module's note).
+      if paths.exists(self.path):
+        return False
+      paths.write_text(self.path, content)
+      return True
+    # Written whole beside the lock, then linked into place: a reader sees no lock or the
+    # whole of ours, never half of it.
+    tmp = f"{self.path}.{self.mine['token']}.tmp"
+    paths.write_text(tmp, content)
     try:
       os.link(tmp, self.path)
     except FileExistsError:
@@ -136,7 +149,7 @@ class WorkdirLock:
         json.dump(self.mine, f, indent=1)
     finally:
       with contextlib.suppress(FileNotFoundError):
-        os.remove(tmp)
+        paths.remove(tmp)
     return True
 
   def check(self) -> None:
@@ -149,12 +162,12 @@ class WorkdirLock:
   def _busy(self, holder: dict) -> WorkdirBusy:
     age = time.time() - float(holder.get("refreshed", time.time()))
     return WorkdirBusy(
-        f"{os.path.dirname(self.path)} is in use by another trainer: {_describe(holder)} "
+        f"{self.folder} is in use by another trainer: {_describe(holder)} "
         f"(lock {self.path}, refreshed {age:.0f} s ago); stop it, or pass --force to take over")
 
   def acquire(self) -> "WorkdirLock":
     """Takes the lock or raises WorkdirBusy naming its holder."""
-    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    paths.makedirs(self.folder)
     for _ in range(3):   # a holder releasing between our two looks: look again
       if self._write(exclusive=True):
         break
@@ -164,7 +177,7 @@ class WorkdirLock:
       why = "--force" if self.force else self.stale_reason(holder)
       if why is None:
         raise self._busy(holder)
-      log.warning("taking over the lock of %s from %s: %s", os.path.dirname(self.path),
+      log.warning("taking over the lock of %s from %s: %s", self.folder,
                   _describe(holder), why)
       self._write(exclusive=False)
       if holder.get("token") and why != "that process is gone":
@@ -176,7 +189,7 @@ class WorkdirLock:
       raise WorkdirBusy(f"{self.path}: could not take the lock (it keeps changing)")
     if (self.read() or {}).get("token") != self.mine["token"]:
       holder = self.read() or {}
-      raise WorkdirBusy(f"{os.path.dirname(self.path)} was just taken by another trainer: "
+      raise WorkdirBusy(f"{self.folder} was just taken by another trainer: "
                         f"{_describe(holder)}")
     self._thread = threading.Thread(target=self._refresh_loop, name="jaxgan-lock",
                                     daemon=True)
@@ -188,16 +201,14 @@ class WorkdirLock:
 
   def _mark_taken(self, token: str) -> None:
     with contextlib.suppress(OSError):
-      with open(self._taken_mark(token), "w") as f:
-        f.write(_describe(self.mine))
+      paths.write_text(self._taken_mark(token), _describe(self.mine))
     # Marks no holder came back for are left by trainers that died: clear the old ones.
-    folder = os.path.dirname(self.path)
-    for name in os.listdir(folder):
-      path = os.path.join(folder, name)
+    for name in paths.listdir(self.folder):
+      path = paths.join(self.folder, name)
       if name.startswith(LOCK_FILE + ".") and name.endswith(".taken"):
         with contextlib.suppress(OSError):
-          if time.time() - os.path.getmtime(path) > self.stale_s:
-            os.remove(path)
+          if time.time() - paths.mtime(path) > self.stale_s:
+            paths.remove(path)
 
   def _refresh_loop(self) -> None:
     while not self._stop.wait(self.refresh_s):
@@ -209,13 +220,12 @@ class WorkdirLock:
     """Rewrites the lock's refresh time, or notes in `lost` that another trainer took it."""
     self.mine["refreshed"] = time.time()
     mark = self._taken_mark(self.mine["token"])
-    if os.path.exists(mark):
+    if paths.exists(mark):
       by = "an unknown trainer"
       with contextlib.suppress(OSError):
-        with open(mark) as f:
-          by = f.read().strip()
-        os.remove(mark)
-      self.lost = f"another trainer took over {os.path.dirname(self.path)}: {by}"
+        by = paths.read_text(mark).strip()
+        paths.remove(mark)
+      self.lost = f"another trainer took over {self.folder}: {by}"
       log.error("%s", self.lost)
       return
     try:
@@ -230,7 +240,7 @@ class WorkdirLock:
     except OSError as e:  # a full disk or a lost mount: the lock stays as it was
       log.warning("cannot refresh the lock %s: %s", self.path, e)
       return
-    self.lost = (f"another trainer took over {os.path.dirname(self.path)}: "
+    self.lost = (f"another trainer took over {self.folder}: "
                  f"{_describe(holder or {})}")
     log.error("%s", self.lost)
 
@@ -242,7 +252,7 @@ class WorkdirLock:
       self._thread = None
     if (self.read() or {}).get("token") == self.mine["token"]:
       with contextlib.suppress(FileNotFoundError):
-        os.remove(self.path)
+        paths.remove(self.path)
 
   def __enter__(self) -> "WorkdirLock":
     return self.acquire()

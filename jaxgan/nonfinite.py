@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgan import checkpoint as ckpt_lib
-from jaxgan import errors
+from jaxgan import errors, paths
 from jaxgan import workdir as workdir_lib
 from jaxgan.errors import NonFiniteError
 
@@ -168,11 +168,10 @@ def host(health: dict) -> dict[str, np.ndarray]:
 def read_rollbacks(workdir: str) -> dict:
   """WORKDIR/rollbacks.json: the learning-rate factor of earlier rollbacks and their events."""
   path = workdir_lib.rollbacks(workdir)
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return {"lr_factor": 1.0, "events": []}
   try:
-    with open(path) as f:
-      record = json.load(f)
+    record = json.loads(paths.read_text(path))
     factor = float(record["lr_factor"])
     events = list(record["events"])
   except (ValueError, KeyError, TypeError) as e:
@@ -267,8 +266,7 @@ class Policy:
     if self.is_lead:
       path = workdir_lib.rollbacks(self.workdir)
       try:
-        with open(path, "w") as f:
-          json.dump(self.record, f, indent=1)
+        paths.write_atomic(path, json.dumps(self.record, indent=1))
       except OSError as e:
         raise errors.WriteError("the rollback record", path, errors.reason_of(e)) from None
     scaled = scaled_learning_rates(self.config, factor)

@@ -10,7 +10,6 @@ waiting for input, peak device memory where the backend reports it; and leaves a
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgan import config as config_lib
-from jaxgan import gan
+from jaxgan import gan, paths
 from jaxgan import sharding as shard_lib
 
 # Dense bf16 peaks, FLOP/s per chip, from vendor datasheets (no sparsity), by
@@ -123,7 +122,7 @@ class TraceWindow:
     first = int(tc.get("profile_start", -1))
     if first < 0:
       first = start + max(0, min(TRACE_WARMUP, tc.num_steps - start - steps))
-    return cls(os.path.join(workdir, "profile"), first, steps,
+    return cls(paths.join(workdir, "profile"), first, steps,
                enabled=jax.process_index() == 0 and first >= start)
 
   def update(self, step: int, state: Any) -> None:
@@ -192,7 +191,8 @@ def profile(config, workdir: str, *, steps: int = 50, warmup: int = 5, trace_ste
     start_step = steady_step(config)
   if start_step < 0:
     raise ValueError(f"start_step={start_step}; allowed: an integer >= 0")
-  os.makedirs(workdir, exist_ok=True)
+  workdir = paths.resolve(workdir)
+  paths.makedirs(workdir)
   tc = config.train
   mesh = shard_lib.make_mesh(tc.mesh_data, tc.mesh_fsdp)
   config_lib.check_batch(config, mesh, jax.process_count())
@@ -219,7 +219,8 @@ def profile(config, workdir: str, *, steps: int = 50, warmup: int = 5, trace_ste
   jax.block_until_ready(state)
 
   step_times, wait_times, critic_counts = [], [], []
-  trace_dir = os.path.join(workdir, "profile")
+  # Handed to jax.profiler as it is (a gs:// workdir too): XLA's profiler writes it itself.
+  trace_dir = paths.join(workdir, "profile")
   # One trace and one JSON per run: process 0 writes them, the others only time their steps.
   is_lead = jax.process_index() == 0
   trace_steps = trace_steps if is_lead else 0
@@ -288,8 +289,7 @@ def profile(config, workdir: str, *, steps: int = 50, warmup: int = 5, trace_ste
       "trace_dir": trace_dir if trace_steps else None,
   }
   if is_lead:
-    with open(os.path.join(workdir, "profile.json"), "w") as f:
-      json.dump(result, f, indent=2)
+    paths.write_atomic(paths.join(workdir, "profile.json"), json.dumps(result, indent=2))
   return result
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
-from jaxgan import engines, models
+from jaxgan import engines, models, paths
 from jaxgan import sharding as shard_lib
 from jaxgan import voicegan
 from jaxgan import workdir as workdir_lib
@@ -66,15 +66,16 @@ class Generator:
     `workdir` may also be a generator export (`export`, `jaxgan export`): its weights load
     without the discriminator or optimizer state.
     """
+    workdir = paths.resolve(workdir)   # a gs:// workdir stays a URL
     if is_export(workdir):
       return cls.from_export(workdir)
-    if not os.path.isdir(workdir):
+    if not paths.isdir(workdir):
       raise FileNotFoundError(f"{workdir}: no such workdir (train one with `jaxgan train "
                               "--config CONFIG --workdir DIR`, or use --pretrained jsb)")
     config = config_lib.load_run_config(workdir)
     model = engines.make_model(config, shard_lib.make_mesh(-1, 1))
     folder = workdir_lib.checkpoints(workdir, best=best)
-    if best and not os.path.isdir(folder):
+    if best and not paths.isdir(folder):
       raise FileNotFoundError(f"{workdir}: no best checkpoint (train with "
                               "--config.train.best_metric=... and eval_every > 0)")
     target = model.abstract_generator()
@@ -93,18 +94,18 @@ class Generator:
   @classmethod
   def from_export(cls, folder: str) -> "Generator":
     """A generator written by `export`: config.json, export.json and generator.msgpack."""
+    folder = paths.resolve(folder)
     config = config_lib.load_run_config(folder)
-    with open(os.path.join(folder, EXPORT_INFO)) as f:
-      info = json.load(f)
+    info = json.loads(paths.read_text(paths.join(folder, EXPORT_INFO)))
     model = engines.make_model(config, shard_lib.make_mesh(-1, 1))
     template = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype),
                             model.abstract_generator()["g_ema"])
-    with open(os.path.join(folder, EXPORT_WEIGHTS), "rb") as f:
-      try:
-        stored = flax.serialization.msgpack_restore(f.read())
-        params = flax.serialization.from_state_dict(template, stored)
-      except Exception as e:  # a truncated or foreign file: name it, do not guess
-        raise ValueError(f"{folder}/{EXPORT_WEIGHTS}: not this model's weights ({e})") from None
+    weights = paths.read_bytes(paths.join(folder, EXPORT_WEIGHTS))
+    try:
+      stored = flax.serialization.msgpack_restore(weights)
+      params = flax.serialization.from_state_dict(template, stored)
+    except Exception as e:  # a truncated or foreign file: name it, do not guess
+      raise ValueError(f"{folder}/{EXPORT_WEIGHTS}: not this model's weights ({e})") from None
     params = jax.tree.map(lambda t, x: jnp.asarray(np.asarray(x), t.dtype), template, params)
     tracks = tuple(Track(name=t["name"], program=int(t["program"]), is_drum=bool(t["is_drum"]))
                    for t in info["tracks"])
@@ -167,7 +168,7 @@ PRETRAINED = {"jsb": "jsb"}   # --pretrained NAME -> folder in jaxgan/pretrained
 
 
 def is_export(folder: str) -> bool:
-  return os.path.isfile(os.path.join(folder, EXPORT_WEIGHTS))
+  return paths.isfile(paths.join(folder, EXPORT_WEIGHTS))
 
 
 def pretrained_path(name: str) -> str:
@@ -175,6 +176,7 @@ def pretrained_path(name: str) -> str:
   if name not in PRETRAINED:
     raise config_lib.ConfigError(f"--pretrained={name!r}: the shipped models are "
                                  f"{', '.join(sorted(PRETRAINED))}")
+  # The package's own files: local, wherever the run's files are.
   folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained",
                         PRETRAINED[name])
   if not is_export(folder):
@@ -191,27 +193,23 @@ def export(gen: Generator, out: str, *, dtype: str = "float16",
   """
   if dtype not in ("float16", "float32"):
     raise ValueError(f"dtype={dtype!r} is not one of ('float16', 'float32')")
-  os.makedirs(out, exist_ok=True)
+  out = paths.resolve(out)
+  paths.makedirs(out)
   params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)).astype(dtype),
                         gen.variables["params"])
   if jax.tree.leaves(gen.variables.get("batch_stats") or {}):
     raise ValueError("export: models with batch statistics (the MuseGAN models) are exported "
                      "as checkpoints; export serves the voices models")
-  tmp = os.path.join(out, EXPORT_WEIGHTS + ".tmp")
-  with open(tmp, "wb") as f:
-    f.write(flax.serialization.msgpack_serialize(flax.serialization.to_state_dict(params)))
-  os.replace(tmp, os.path.join(out, EXPORT_WEIGHTS))
-  with open(workdir_lib.config_path(out), "w") as f:
-    f.write(gen.config.to_json_best_effort(indent=2))
+  paths.write_atomic(paths.join(out, EXPORT_WEIGHTS), flax.serialization.msgpack_serialize(
+      flax.serialization.to_state_dict(params)))
+  paths.write_atomic(workdir_lib.config_path(out), gen.config.to_json_best_effort(indent=2))
   info = {"step": gen.step, "dtype": dtype,
           "params": int(sum(x.size for x in jax.tree.leaves(params))),
           "tracks": [{"name": t.name, "program": t.program, "is_drum": t.is_drum}
                      for t in gen.tracks]}
-  with open(os.path.join(out, EXPORT_INFO), "w") as f:
-    json.dump(info, f, indent=2)
+  paths.write_atomic(paths.join(out, EXPORT_INFO), json.dumps(info, indent=2))
   if metrics is not None:
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-      json.dump(metrics, f, indent=2)
+    paths.write_atomic(paths.join(out, "metrics.json"), json.dumps(metrics, indent=2))
   return out
 
 
@@ -340,17 +338,21 @@ def interpolate(gen: Generator, key_a: jax.Array, key_b: jax.Array, steps: int, 
 
 def write_samples(gen: Generator, rolls: np.ndarray, out_dir: str, *, prefix: str = "sample",
                   tempo: float = 100.0) -> list[str]:
-  """Writes each roll as a MIDI file and all of them as one PNG grid; returns the MIDI paths."""
+  """Writes each roll as a MIDI file and all of them as one PNG grid; returns the MIDI paths.
+
+  `out_dir` is local: miditoolkit and matplotlib write local files (copy them to a bucket).
+  """
   from jaxgan import summary  # pylint: disable=import-outside-toplevel
+  paths.local_only(out_dir, "the samples folder (--out)")
   os.makedirs(out_dir, exist_ok=True)
-  paths = []
+  written = []
   for i, roll in enumerate(rolls):
     path = os.path.join(out_dir, f"{prefix}_{i:04d}.mid")
     gen.write_midi(roll, path, tempo=tempo)
-    paths.append(path)
+    written.append(path)
   summary.save_png(summary.render_pianorolls(rolls[:64], columns=min(4, len(rolls))),
                    os.path.join(out_dir, f"{prefix}s.png"))
-  return paths
+  return written
 
 
 def check_options(config, *, num: int, bars: int | None) -> None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from typing import Any
 
 import jax
 import numpy as np
 
-from jaxgan import errors
+from jaxgan import errors, paths
 
 # One colour per track (cycled): bass-like dark to light, easy to tell apart when overlaid.
 TRACK_COLOURS = np.array([
@@ -42,7 +41,10 @@ def render_pianorolls(rolls: np.ndarray, *, columns: int = 1, scale: int = 2) ->
 
 
 def save_png(image: np.ndarray, path: str) -> None:
-  """Writes an RGB image; raises errors.WriteError naming the path when it cannot."""
+  """Writes an RGB image; raises errors.WriteError naming the path when it cannot.
+
+  Local files only (matplotlib writes them): the sample and gallery folders beside the MIDI.
+  """
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -54,11 +56,12 @@ def save_png(image: np.ndarray, path: str) -> None:
 
 class Writer:
   """TensorBoard event files in `workdir` (process 0 only; a no-op elsewhere). A failed write
-  (a full disk, a lost mount) raises errors.WriteError naming the folder and the reason."""
+  (a full disk, a lost mount) raises errors.WriteError naming the folder and the reason.
+  TensorFlow's writer takes a gs:// workdir as it is."""
 
   def __init__(self, workdir: str, *, enabled: bool = True):
     self.enabled = enabled
-    self.path = os.path.join(workdir, "tensorboard")
+    self.path = paths.join(workdir, "tensorboard")
     if enabled:
       import tensorflow as tf  # pylint: disable=import-outside-toplevel
       self._tf = tf

@@ -10,7 +10,6 @@ evaluation, checkpoints, preemption, non-finite values and failed writes (README
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +19,8 @@ import numpy as np
 
 from jaxgan import checkpoint as ckpt_lib
 from jaxgan import config as config_lib
-from jaxgan import distributed, engines, errors, evaluate, nonfinite, profiling, runtime, summary
+from jaxgan import (distributed, engines, errors, evaluate, nonfinite, paths, profiling, runtime,
+                    summary)
 from jaxgan import lock as lock_lib
 from jaxgan import sharding as shard_lib
 from jaxgan import workdir as workdir_lib
@@ -39,8 +39,8 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True,
   raises nonfinite.NonFiniteError), a failed write as train.on_save_error says (stopping
   raises errors.WriteError). Each of these errors has a one-line message.
   """
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = paths.resolve(workdir)   # a gs:// workdir stays a URL
+  distributed.agreed(paths.makedirs, workdir)
   with lock_lib.hold(workdir, force=force) as lock:
     run = _Run(config, workdir, lock, progress=progress, evaluate_fn=evaluate_fn)
     return run.train()
@@ -59,19 +59,23 @@ class _Run:
     distributed.quiet_followers()
     # The one check of the batch against the devices: before anything compiles.
     config_lib.check_batch(config, self.mesh, jax.process_count())
-    pipeline.resolve_styles(config)
-    pipeline.resolve_track_facts(config)
     self.is_lead = jax.process_index() == 0
-    self.policy = nonfinite.Policy(config, workdir, is_lead=self.is_lead)
+    # Reads of this host's data and workdir: a failure on one host ends every host with its
+    # message (distributed.agreed), not a wait in a collective.
+    self.policy = distributed.agreed(self._host_checks)
     self._build()
-    if self.is_lead:
-      config_lib.save_run_config(config, workdir)
+    distributed.agreed(lambda: self.is_lead and config_lib.save_run_config(config, workdir))
     self.checkpointer = ckpt_lib.Checkpointer(workdir_lib.checkpoints(workdir),
                                               every=tc.ckpt_every, keep=tc.keep_ckpts,
                                               clean_tmp=True)
     self.evaluate_fn = evaluate_fn
     self.best = self.writer = self.bar = None
     self.progress = progress
+
+  def _host_checks(self) -> nonfinite.Policy:
+    pipeline.resolve_styles(self.config)
+    pipeline.resolve_track_facts(self.config)
+    return nonfinite.Policy(self.config, self.workdir, is_lead=self.is_lead)
 
   def _build(self) -> None:
     """The engine at the current learning rates and its checked, jitted step."""
@@ -103,9 +107,10 @@ class _Run:
     self.state, self.step = state, start
     self.health = jax.jit(lambda: nonfinite.new_health(poison_at),
                           out_shardings=shard_lib.replicated(self.mesh))()
-    self.batches = pipeline.train_iterator(self.config, self.mesh, start_step=start,
-                                           checked=True)
-    self.batch = next(self.batches)
+    # This host's data (no windows, an unreadable split) fails every host together.
+    self.batches = distributed.agreed(pipeline.train_iterator, self.config, self.mesh,
+                                      start_step=start, checked=True)
+    self.batch = distributed.agreed(next, self.batches)
     t0 = time.perf_counter()
     self.step_fn = self.step_jit.lower(self.state, self.batch, self.health).compile()
     log.info("compiled the train step in %.1f s", time.perf_counter() - t0)
@@ -121,10 +126,11 @@ class _Run:
     try:
       self._start(state, start, nonfinite.fault_step())
       if self.evaluate_fn is None and tc.eval_every:
-        self.evaluate_fn = evaluate.periodic_evaluation(self.config)
+        self.evaluate_fn = distributed.agreed(evaluate.periodic_evaluation, self.config)
       if tc.best_metric:
         self.best = evaluate.BestKeeper(self.workdir, tc.best_metric, tc.best_mode)
-      self.writer = summary.Writer(self.workdir, enabled=self.is_lead)
+      # Process 0 writes the events: failing to open them there ends every host.
+      self.writer = distributed.agreed(summary.Writer, self.workdir, enabled=self.is_lead)
       self.bar = summary.progress(start, tc.num_steps, enabled=self.progress and self.is_lead)
       self._loop()
     except BaseException:

@@ -7,13 +7,14 @@
     WORKDIR/rollbacks.json        learning-rate cuts after non-finite values (nonfinite.py)
     WORKDIR/tensorboard, WORKDIR/xla_cache, WORKDIR/profile
 
-Only paths here (no imports beyond the standard library), so that light readers such as the
-gallery use them too; config.py reads and writes the config.
+Only paths here (no heavy imports), so that light readers such as the gallery use them too;
+config.py reads and writes the config. A workdir may be local or on shared storage
+(gs://bucket/run): paths.join keeps a URL a URL.
 """
 
 from __future__ import annotations
 
-import os
+from jaxgan import paths
 
 CONFIG = "config.json"
 CHECKPOINTS = "checkpoints"
@@ -24,21 +25,21 @@ XLA_CACHE = "xla_cache"
 
 
 def config_path(workdir: str) -> str:
-  return os.path.join(workdir, CONFIG)
+  return paths.join(workdir, CONFIG)
 
 
 def checkpoints(workdir: str, *, best: bool = False) -> str:
   """The folder of the latest checkpoints, or with best=True of the best one."""
-  return os.path.join(workdir, BEST, CHECKPOINTS) if best else os.path.join(workdir, CHECKPOINTS)
+  return paths.join(workdir, BEST, CHECKPOINTS) if best else paths.join(workdir, CHECKPOINTS)
 
 
 def best_info(workdir: str) -> str:
-  return os.path.join(workdir, BEST, BEST_INFO)
+  return paths.join(workdir, BEST, BEST_INFO)
 
 
 def rollbacks(workdir: str) -> str:
-  return os.path.join(workdir, ROLLBACKS)
+  return paths.join(workdir, ROLLBACKS)
 
 
 def xla_cache(workdir: str) -> str:
-  return os.path.join(workdir, XLA_CACHE)
+  return paths.join(workdir, XLA_CACHE)

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxgan import paths
 from jaxgan.data import corpus, standard
 from jaxgan.data import match as match_lib
 from jaxgan.midi import (
@@ -370,8 +371,7 @@ class _SongBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _split_generators(self, dl_manager):
     songs, skipped = self._load_songs(dl_manager)
     out_dir = os.fspath(self.data_dir)  # the temporary folder TFDS renames when done
-    with open(os.path.join(out_dir, SKIPPED_FILE), "w", encoding="utf-8") as f:
-      json.dump(skipped, f, indent=1)
+    paths.write_text(paths.join(out_dir, SKIPPED_FILE), json.dumps(skipped, indent=1))
     by_split = {s: [x for x in songs if x.split == s] for s in SPLITS}
     return {s: self._generate_examples(by_split[s]) for s in SPLITS if by_split[s]}
 
@@ -476,7 +476,7 @@ class _SongBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         "stats": song_stats(train, config.steps_per_beat),
         "track_facts": [f.to_json() for f in track_facts([s.song for s in songs], train)],
     })
-    vocab.save(os.path.join(os.fspath(self.data_dir), VOCAB_FILE))
+    vocab.save(paths.join(os.fspath(self.data_dir), VOCAB_FILE))
     return songs, skipped
 
   def _load(self, result: corpus.Converted, config: MidiConfig,
@@ -674,9 +674,9 @@ class JsbChoralesStandard(_SongBuilder):
 
   def _split_generators(self, dl_manager):
     out = super()._split_generators(dl_manager)
-    path = os.path.join(os.fspath(self.data_dir), self.MATCHES_FILE)
-    with open(path, "w", encoding="utf-8") as f:
-      json.dump({k: v for k, v in self._report.items() if k != "summary"}, f, indent=1)
+    path = paths.join(os.fspath(self.data_dir), self.MATCHES_FILE)
+    paths.write_text(path, json.dumps(
+        {k: v for k, v in self._report.items() if k != "summary"}, indent=1))
     return out
 
 
@@ -768,6 +768,7 @@ class MidiFolder(_SongBuilder):
 
   def __init__(self, *, manual_dir: str | None = None, **kwargs):
     # Known before the build only when given here; the reuse check in `prepare` needs it.
+    # The MIDI folder is local: miditoolkit reads its files.
     self._manual_dir = os.path.abspath(manual_dir) if manual_dir else None
     super().__init__(**kwargs)
 

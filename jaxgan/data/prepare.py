@@ -1,4 +1,8 @@
-"""Building a data set once (`prepare`) and reading it back (`dataset_info`, `read_split`)."""
+"""Building a data set once (`prepare`) and reading it back (`dataset_info`, `read_split`).
+
+The data dir may be local or on shared storage (gs://bucket/data): TFDS takes it as it is, and
+the files read or listed here go through jaxgan.paths. The source MIDI (manual_dir) is local.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ import errno
 import json
 import logging
 import os
-import shutil
 import time
 from typing import Any
 
@@ -15,6 +18,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import constants as tfds_constants
 from tensorflow_datasets.core.utils import tqdm_utils as tfds_tqdm
 
+from jaxgan import paths
 from jaxgan.data import builders
 from jaxgan.midi import MidiConfig, Vocabulary
 from jaxgan.midi.song import Track
@@ -65,7 +69,7 @@ def _builder(name: str, data_dir: str | None, **kwargs) -> builders._SongBuilder
 
 def _is_built(builder) -> bool:
   # Not builder.is_prepared(): that logs a warning for every folder not built yet.
-  return os.path.isfile(os.path.join(os.fspath(builder.data_path), "dataset_info.json"))
+  return paths.isfile(paths.join(os.fspath(builder.data_path), "dataset_info.json"))
 
 
 def _as_json(value: Any) -> Any:
@@ -124,14 +128,14 @@ def prepare(name: str, *, data_dir: str | None = None, manual_dir: str | None = 
     tfds.display_progress_bar(False)
     # TFDS builds in a temporary folder renamed into place at the end (and removed on an
     # error); folders of a build killed midway are removed here too.
-    parent = os.path.dirname(os.fspath(builder.data_path))
+    parent = paths.dirname(os.fspath(builder.data_path))
     before = _incomplete_dirs(parent)
     try:
       builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
           manual_dir=manual_dir, download_mode=mode))
     except (OSError, RuntimeError, tf.errors.OpError) as e:
       for path in _incomplete_dirs(parent) - before:
-        shutil.rmtree(path, ignore_errors=True)
+        paths.rmtree(path, ignore_errors=True)
       cause = _system_error(e, tf.errors.OpError)
       if cause is None:
         raise  # not a system error: a missing MIDI folder says so itself
@@ -142,9 +146,8 @@ def prepare(name: str, *, data_dir: str | None = None, manual_dir: str | None = 
 
   meta = builder.info.metadata
   build = meta["build"]
-  skipped_path = os.path.join(os.fspath(builder.data_path), builders.SKIPPED_FILE)
-  with open(skipped_path, encoding="utf-8") as f:
-    skipped_files = json.load(f)
+  skipped_path = paths.join(os.fspath(builder.data_path), builders.SKIPPED_FILE)
+  skipped_files = json.loads(paths.read_text(skipped_path))
   splits = build["splits"]
   return {
       "name": name,
@@ -170,10 +173,10 @@ def prepare(name: str, *, data_dir: str | None = None, manual_dir: str | None = 
 
 def _incomplete_dirs(parent: str) -> set[str]:
   try:
-    names = os.listdir(parent)
+    names = paths.listdir(parent)
   except OSError:
     return set()
-  return {os.path.join(parent, n) for n in names if n.startswith(tfds_constants.INCOMPLETE_PREFIX)}
+  return {paths.join(parent, n) for n in names if n.startswith(tfds_constants.INCOMPLETE_PREFIX)}
 
 
 def _system_error(e: BaseException, op_error: type) -> BaseException | None:
@@ -197,7 +200,7 @@ def _write_error(name: str, data_dir: str, e: Exception) -> DataWriteError:
   else:  # tf.errors.OpError from TensorFlow's file writers: "PATH; REASON"
     message = str(getattr(e, "message", e))
     path, _, reason = message.rpartition("; ")
-    path = path if path.startswith(os.sep) else data_dir
+    path = path if path.startswith(os.sep) or paths.has_scheme(path) else data_dir
     if "No space left" in reason:
       reason += " (free some space or choose another --data-dir)"
   return DataWriteError(name, os.fspath(path), reason)
@@ -240,7 +243,7 @@ def format_summary(summary: dict, max_files: int = 20) -> str:
       lines.append(f"    {item['source']}: {item['reason']}{detail}")
     if total > max_files:
       lines.append(f"    ... {total - max_files} more in "
-                   f"{os.path.join(s['path'], builders.SKIPPED_FILE)}")
+                   f"{paths.join(s['path'], builders.SKIPPED_FILE)}")
   else:
     lines.append("  skipped: none")
   return "\n".join(lines)
@@ -290,7 +293,7 @@ def dataset_info(name: str, data_dir: str | None = None) -> DataInfo:
   builder = _open(name, data_dir)
   meta = builder.info.metadata
   path = os.fspath(builder.data_path)
-  vocab = Vocabulary.load(os.path.join(path, builders.VOCAB_FILE))
+  vocab = Vocabulary.load(paths.join(path, builders.VOCAB_FILE))
   return DataInfo(
       name=name,
       path=path,

@@ -25,6 +25,7 @@ from typing import Sequence
 import miditoolkit
 import numpy as np
 
+from jaxgan import paths
 from jaxgan.midi.io import MidiConfig, meter_name, meter_steps, song_to_midi
 from jaxgan.midi.song import DURATION, ONSET, PITCH, TRACK, Song, Track, normalize_notes
 
@@ -162,13 +163,12 @@ class Vocabulary:
     return vocab
 
   def save(self, path: str | os.PathLike) -> None:
-    with open(path, "w") as f:
-      json.dump(self.to_json(), f, indent=1)
+    """Writes the vocabulary (local or gs://: it lives in the data dir)."""
+    paths.write_text(os.fspath(path), json.dumps(self.to_json(), indent=1))
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> "Vocabulary":
-    with open(path) as f:
-      return cls.from_json(json.load(f))
+    return cls.from_json(json.loads(paths.read_text(os.fspath(path))))
 
 
 def encode(song: Song, vocab: Vocabulary) -> np.ndarray:
