@@ -220,7 +220,8 @@ def restore_unstructured(directory: str):
   directory = paths.resolve(directory)
   if paths.isdir(workdir_lib.checkpoints(directory)):
     directory = workdir_lib.checkpoints(directory)
-  manager = ocp.CheckpointManager(orbax_path(directory), options=ocp.CheckpointManagerOptions(read_only=True))
+  manager = ocp.CheckpointManager(orbax_path(directory),
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
   step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(f"train.init_from={directory!r}: no checkpoint there")

@@ -12,6 +12,9 @@ from typing import Any, TypeVar
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
+
+from jaxgan import errors, lock
 
 T = TypeVar("T")
 
@@ -61,18 +64,16 @@ def quiet_followers() -> None:
 _MESSAGE_BYTES = 2000   # a failure's message travels as this many bytes (longer ones are cut)
 
 
-def _error_types() -> tuple[type[BaseException], ...]:
-  """The errors that travel as themselves (most specific first); others arrive as the first
-  base class here, RuntimeError at the least. Imported here: lock.py imports jax lazily."""
-  from jaxgan import errors, lock  # pylint: disable=import-outside-toplevel
-  return (errors.ConfigError, errors.NonFiniteError, lock.WorkdirBusy, errors.WriteError,
-          FileNotFoundError, PermissionError, OSError, ValueError, RuntimeError)
+# The errors that travel as themselves (most specific first); others arrive as the first base
+# class here, RuntimeError at the least.
+_ERROR_TYPES = (errors.ConfigError, errors.NonFiniteError, lock.WorkdirBusy, errors.WriteError,
+                FileNotFoundError, PermissionError, OSError, ValueError, RuntimeError)
 
 
 def _encode(ok: bool, message: str, error: type[BaseException]) -> np.ndarray:
   """One process's outcome as a fixed-size row: [failed, error type, message bytes...]."""
-  types = _error_types()
-  kind = next((i for i, t in enumerate(types) if issubclass(error, t)), len(types) - 1)
+  kind = next((i for i, t in enumerate(_ERROR_TYPES) if issubclass(error, t)),
+              len(_ERROR_TYPES) - 1)
   text = np.frombuffer(message.encode("utf-8")[:_MESSAGE_BYTES], np.uint8)
   row = np.zeros(2 + _MESSAGE_BYTES, np.int32)
   row[0], row[1] = int(not ok), kind
@@ -92,8 +93,7 @@ def decide(rows: np.ndarray, process_index: int) -> BaseException | None:
   text = bytes(row[2:].astype(np.uint8)).rstrip(b"\0").decode("utf-8", errors="ignore")
   if k != process_index:
     text = f"process {k}: {text}"
-  error = _error_types()[int(row[1])]
-  from jaxgan import errors  # pylint: disable=import-outside-toplevel
+  error = _ERROR_TYPES[int(row[1])]
   return errors.WriteError.relayed(text) if error is errors.WriteError else error(text)
 
 
@@ -104,7 +104,6 @@ def agree_ok(ok: bool, message: str = "", error: type[BaseException] = RuntimeEr
     if not ok:
       raise error(message)
     return
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   rows = multihost_utils.process_allgather(_encode(ok, message, error))
   failure = decide(rows, jax.process_index())
   if failure is not None:
@@ -130,7 +129,6 @@ def all_true(flag: bool) -> bool:
   """Whether `flag` holds on every process (a host-local outcome every process acts on)."""
   if jax.process_count() == 1:
     return bool(flag)
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   return bool(np.all(multihost_utils.process_allgather(np.int32(bool(flag)))))
 
 
@@ -138,5 +136,4 @@ def from_lead(flag: bool) -> bool:
   """Process 0's `flag` on every process (a decision process 0 alone can make)."""
   if jax.process_count() == 1:
     return bool(flag)
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   return bool(multihost_utils.broadcast_one_to_all(np.int32(bool(flag))))

@@ -24,6 +24,8 @@ import shutil
 import uuid
 from collections.abc import Iterator
 
+from jaxgan import errors
+
 
 def has_scheme(path: str | os.PathLike) -> bool:
   """Whether `path` is a URL such as gs://bucket/x (not a local path)."""
@@ -56,7 +58,6 @@ def local_only(path: str | os.PathLike, what: str) -> str:
   local tool writes or reads (MIDI through miditoolkit, WAVs through FluidSynth, images)."""
   path = os.fspath(path)
   if has_scheme(path):
-    from jaxgan import errors  # pylint: disable=import-outside-toplevel
     raise errors.ConfigError(f"{what} must be a local folder or file, not {path}")
   return path
 

@@ -220,7 +220,7 @@ class VoiceModel:
     bars = (cond["context"].shape[1] if cond is not None else self.data_shape[0])
     context, known, style = self._condition_parts(cond, num, bars)
     layout = self.layout
-    penalty = float(m.get("voice_leading_penalty", 0.0))
+    penalty = float(m.voice_leading_penalty)
     vknown = known[..., list(layout.tracks)]
     shape = context.shape
     given_classes, given_restrike = voices_lib.classes_from_roll(layout, context)

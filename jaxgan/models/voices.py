@@ -201,8 +201,7 @@ def parallel_perfect_counts(layout: VoiceLayout, classes: Array) -> Array:
   same kind, as `voice_metrics.transition_events` counts it."""
   pitch_of = jnp.asarray(class_pitches(layout))                     # [V, C]
   num_voices = classes.shape[-1]
-  current = jnp.take_along_axis(jnp.broadcast_to(pitch_of, classes.shape[:2] + pitch_of.shape),
-                                classes[..., None], -1)[..., 0]    # [B, T, V]
+  current = pitch_of[jnp.arange(num_voices), classes]               # [B, T, V]
   silent = jnp.full_like(current[:, :1], -1)
   before = jnp.concatenate([silent, current[:, :-1]], 1)
   after = jnp.concatenate([current[:, 1:], silent], 1)
