@@ -7,10 +7,12 @@ import os
 import pytest
 
 from jaxgan import aot, cli, config as config_lib, sharding
+from jaxgan.data import prepare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
 TUTORIAL = os.path.join(ROOT, "configs", "musegan_tutorial.py")
+CHORALES = os.path.join(ROOT, "configs", "jsb_chorale.py")
 
 needs_libtpu = pytest.mark.skipif(
     importlib.util.find_spec("libtpu") is None,
@@ -66,6 +68,28 @@ def test_cli_compiles_the_tutorial(topology, capsys):
   assert "sampler" not in report
   # A bigger model than tiny, on the same mesh: more memory and more FLOPs.
   assert report["step"]["arguments"] > 2**20 and report["step"]["flops_per_device"] > 1e8
+
+
+@pytest.fixture(scope="module")
+def chorale_data(tmp_path_factory):
+  """A few standard-split chorales: the voices model reads its tracks' ranges from the data."""
+  data_dir = str(tmp_path_factory.mktemp("jsb"))
+  prepare.prepare("jsb_chorales_standard", data_dir=data_dir, max_songs=12, progress=False)
+  return data_dir
+
+
+@needs_libtpu
+# The shipped chorale model's recipe (the voices model): v4 here, v5e as well in make test-slow.
+@pytest.mark.parametrize("topology", [
+    "v4:2x2x1", pytest.param("v5e:2x2", marks=pytest.mark.slow)])
+def test_cli_compiles_the_chorale_model(topology, chorale_data, capsys):
+  assert cli.main(["compile", "--config", CHORALES, "--topology", topology, "--no-sampler",
+                   "--json", f"--config.data.data_dir={chorale_data}"]) == 0
+  report = json.loads(capsys.readouterr().out)
+  assert report["global_batch"] == 16 and report["mesh"]["data"] == 4
+  step = report["step"]
+  assert step["arguments"] > 2**20 and step["flops_per_device"] > 1e9
+  assert step["total"] < report["hbm_per_device"]
 
 
 @needs_libtpu
