@@ -151,3 +151,33 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
   assert again.returncode == 0, again.stderr[-3000:]
   assert f"at step {saved}" in again.stderr + again.stdout
   assert _restore(workdir, config)[1] == saved + 3
+
+
+@pytest.mark.slow
+def test_a_failure_on_one_process_ends_both_with_its_reason(tmp_path):
+  # Process 0 alone writes the run's config.json; here that write fails (the path is a
+  # folder). Process 1 must not wait in the next collective until the coordinator's timeout:
+  # both exit at once, process 1 with process 0's reason.
+  workdir = tmp_path / "run"
+  (workdir / "config.json").mkdir(parents=True)
+  port = _free_port()
+  procs = [
+      subprocess.Popen(
+          _train_cmd(workdir, "--config.train.num_steps=5", "--coordinator",
+                     f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)),
+          env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+  t0 = time.monotonic()
+  try:
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  elapsed = time.monotonic() - t0
+  for p, out in zip(procs, outs):
+    assert p.returncode not in (0, None), out[-3000:]
+    assert "config" in out and "Traceback" not in out, out[-3000:]
+  assert "process 0:" in outs[1], outs[1][-3000:]
+  assert elapsed < 120, elapsed      # far below a collective's timeout
+  checkpoints = workdir / "checkpoints"
+  assert not checkpoints.exists() or not any(checkpoints.iterdir())
