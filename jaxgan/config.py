@@ -454,4 +454,9 @@ def load_run_config(workdir: str) -> ConfigDict:
       if key not in config[section]:
         config[section][key] = value
   config.conditioning.styles = tuple(config.conditioning.styles)
+  if config.model.get("arch") == "voices":
+    # Trained before these switches existed, so without what they add.
+    for key in ("rotary", "local_conv"):
+      if key not in config.model:
+        config.model[key] = False
   return config

@@ -129,11 +129,13 @@ class VoiceModel:
     dtype = jnp.bfloat16 if m.dtype == "bfloat16" else None
     self.generator = voicenet.VoiceGenerator(
         layout=self.layout, data_shape=self.data_shape, features=m.features, layers=m.layers,
-        heads=m.heads, z_size=m.z_size, num_styles=num_styles, dtype=dtype)
+        heads=m.heads, z_size=m.z_size, num_styles=num_styles, rotary=m.rotary,
+        local_conv=m.local_conv, dtype=dtype)
     self.adversarial = config.loss.adv_weight > 0
     self.critic = voicenet.VoiceCritic(
         layout=self.layout, data_shape=self.data_shape, features=m.critic_features,
-        layers=m.critic_layers, heads=m.heads, num_styles=num_styles, dtype=dtype)
+        layers=m.critic_layers, heads=m.heads, num_styles=num_styles, rotary=m.rotary,
+        dtype=dtype)
     self.latent_size = int(m.z_size)
 
   def jit(self, fn: Callable, **kwargs) -> Callable:

@@ -80,6 +80,7 @@ def test_mask_kinds_come_in_their_shares():
     ("--config.model.voice_leading_penalty=-1.0", "model.voice_leading_penalty"),
     ("--config.conditioning.infill=0.5", "conditioning.infill"),
     ("--config.loss.critic_input=logits", "loss.critic_input"),
+    ("--config.model.features=6", "model.rotary"),   # 3 per head: rotary pairs need even
 ])
 def test_bad_voices_config_fails_naming_the_key(override, key):
   with pytest.raises(config_lib.ConfigError, match=key.replace(".", r"\.")):
@@ -92,6 +93,19 @@ def test_unknown_model_key_is_refused():
   config.model.chanels = 3
   with pytest.raises(config_lib.ConfigError, match="chanels"):
     config_lib.validate(config)
+
+
+def test_runs_saved_before_the_position_switches_load_without_them(tmp_path):
+  config = tiny()
+  assert config.model.rotary and config.model.local_conv   # what new runs train with
+  saved = json.loads(config.to_json_best_effort())
+  del saved["model"]["rotary"], saved["model"]["local_conv"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  old = config_lib.load_run_config(str(tmp_path))
+  assert old.model.rotary is False and old.model.local_conv is False
+  engine = voicegan.VoiceModel(old, sharding.make_mesh(devices=jax.devices()[:1]))
+  params = engine.abstract_generator()["g_ema"]
+  assert "conv" not in params["trunk"]["block0"]   # the parameters such a run saved
 
 
 # --- sampling --------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxgan import voice_metrics
-from jaxgan.models import voices
+from jaxgan.models import voicenet, voices
 
 SHAPE = (2, 3, 8, 24, 3)   # batch, bars, steps, pitches, tracks
 LAYOUT = voices.VoiceLayout(tracks=(0, 2), ranges=((10, 20), (0, 6)), num_pitches=24)
@@ -196,3 +196,17 @@ def test_parallel_counts_agree_with_the_voice_leading_metric():
         changed[0, t, v] = c
         expected = events_at(changed, t)[:, pairs_with_v].sum()
         assert counts[0, t, v, c] == expected, (t, v, c)
+
+
+def test_rotary_attention_scores_depend_on_distance_only():
+  q = jax.random.normal(jax.random.PRNGKey(0), (1, 1, 2, 8))
+  k = jax.random.normal(jax.random.PRNGKey(1), (1, 1, 2, 8))
+  # The same query and key vector at every one of 40 steps: only positions differ.
+  rq = voicenet._rotate(jnp.tile(q, (1, 40, 1, 1)))[0]
+  rk = voicenet._rotate(jnp.tile(k, (1, 40, 1, 1)))[0]
+  scores = np.asarray(jnp.einsum("ihd,jhd->hij", rq, rk))
+  for shift in (1, 7, 16):
+    np.testing.assert_allclose(scores[:, 3, 5], scores[:, 3 + shift, 5 + shift], atol=1e-4)
+  # ... and do depend on the distance (a bar back is not the step before).
+  assert np.abs(scores[:, 4, 3] - scores[:, 20, 3]).max() > 1e-2
+  np.testing.assert_allclose(np.asarray(voicenet._rotate(q)), np.asarray(q), atol=1e-6)

@@ -5,8 +5,11 @@ Both read time as a sequence of steps (16th notes for the chorales): every step 
 holding all tracks at that step, so harmony (the voices of one step) is in a token and
 counterpoint (a voice over time) is across tokens. A short convolution gives every token its
 neighbourhood and the tokens' order; self-attention then relates any two steps of the window.
-The only position a token is told is its place in the bar (the pipeline's windows start on bar
-lines), so the networks run on pieces of any number of bars.
+A token is told its place in the bar (the pipeline's windows start on bar lines) and, with
+`rotary`, attention reads every pair of steps by their distance (rotary position embeddings on
+queries and keys): without it, attention cannot tell the step before from the same step a bar
+earlier, and the generator places notes on any 16th. Neither needs a fixed length, so the
+networks run on pieces of any number of bars.
 
 Generator: G(z, cond) -> heads. `cond` = {"context": uint8 roll [B, bars, steps, pitches,
 tracks] (0 silent, 1 held, 2 onset), "known": bool [B, bars, steps, tracks] (the given cells),
@@ -36,23 +39,49 @@ from jaxgan.models import voices as voices_lib
 Array = jax.Array
 
 
+def _rotate(x: Array) -> Array:
+  """Rotary position embedding of queries or keys [B, T, heads, dim] by their step index: the
+  dot product of two rotated vectors depends on their steps' distance only."""
+  t, dim = x.shape[1], x.shape[-1]
+  inv_freq = 1.0 / (10_000.0 ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+  angles = jnp.arange(t, dtype=jnp.float32)[:, None] * inv_freq[None]      # [T, dim / 2]
+  cos, sin = jnp.cos(angles)[None, :, None], jnp.sin(angles)[None, :, None]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).astype(x.dtype)
+
+
+def rotary_attention(query: Array, key: Array, value: Array, bias: Array | None = None,
+                     mask: Array | None = None, dtype: Any = None, precision: Any = None
+                     ) -> Array:
+  """flax's dot-product attention with rotary position embeddings (an `attention_fn`)."""
+  return nn.dot_product_attention(_rotate(query), _rotate(key), value, bias=bias, mask=mask,
+                                  dtype=dtype, precision=precision)
+
+
 def _time_major(x: Array) -> Array:
   """[B, bars, steps, ...] -> [B, bars * steps, ...]."""
   return x.reshape((x.shape[0], x.shape[1] * x.shape[2]) + x.shape[3:])
 
 
 class _Block(nn.Module):
-  """Pre-norm transformer block: self-attention, then a 4x MLP."""
+  """Pre-norm transformer block: (a k=3 convolution over the steps,) self-attention, then a
+  4x MLP."""
 
   features: int
   heads: int
+  rotary: bool = False
+  local_conv: bool = False
   dtype: Any = None
 
   @nn.compact
   def __call__(self, h: Array) -> Array:
+    if self.local_conv:
+      x = nn.LayerNorm(dtype=self.dtype, name="conv_norm")(h)
+      h = h + nn.Conv(self.features, (3,), padding="SAME", dtype=self.dtype, name="conv")(x)
     x = nn.LayerNorm(dtype=self.dtype)(h)
+    attention_fn = rotary_attention if self.rotary else nn.dot_product_attention
     x = nn.MultiHeadDotProductAttention(num_heads=self.heads, qkv_features=self.features,
-                                        dtype=self.dtype)(x, x)
+                                        attention_fn=attention_fn, dtype=self.dtype)(x, x)
     h = h + x
     x = nn.LayerNorm(dtype=self.dtype)(h)
     x = nn.gelu(nn.Dense(4 * self.features, dtype=self.dtype)(x))
@@ -61,12 +90,14 @@ class _Block(nn.Module):
 
 class _Trunk(nn.Module):
   """Per-step features -> contextual features: Dense, a k=3 convolution, metric position,
-  transformer blocks."""
+  transformer blocks (rotary: attention by distance)."""
 
   features: int
   layers: int
   heads: int
   steps_per_bar: int
+  rotary: bool = False
+  local_conv: bool = False
   dtype: Any = None
 
   @nn.compact
@@ -79,7 +110,8 @@ class _Trunk(nn.Module):
     if extra is not None:
       h = h + extra[:, None, :].astype(h.dtype)
     for i in range(self.layers):
-      h = _Block(self.features, self.heads, self.dtype, name=f"block{i}")(h)
+      h = _Block(self.features, self.heads, self.rotary, self.local_conv, self.dtype,
+                 name=f"block{i}")(h)
     return nn.LayerNorm(dtype=self.dtype, name="out_norm")(h)
 
 
@@ -94,6 +126,8 @@ class VoiceGenerator(nn.Module):
   z_size: int = 32
   num_styles: int = 0
   style_features: int = 32
+  rotary: bool = False
+  local_conv: bool = False
   dtype: Any = None
 
   @property
@@ -131,8 +165,8 @@ class VoiceGenerator(nn.Module):
         raise ValueError("this generator is style-conditional: pass cond={'style': int[B]}")
       extra = extra + nn.Dense(self.features, name="style_proj")(
           nn.Embed(self.num_styles, self.style_features, name="style")(cond["style"]))
-    h = _Trunk(self.features, self.layers, self.heads, steps, self.dtype, name="trunk")(
-        self.features_of(cond["context"], cond["known"]), extra)
+    h = _Trunk(self.features, self.layers, self.heads, steps, self.rotary, self.local_conv,
+               self.dtype, name="trunk")(self.features_of(cond["context"], cond["known"]), extra)
     b, t = h.shape[:2]
     v, c = layout.num_voices, layout.num_classes
     logits = nn.Dense(v * c, name="classes")(h).astype(jnp.float32).reshape(b, t, v, c)
@@ -158,6 +192,7 @@ class VoiceCritic(nn.Module):
   layers: int = 4
   heads: int = 4
   num_styles: int = 0
+  rotary: bool = False
   dtype: Any = None
 
   @nn.compact
@@ -167,8 +202,8 @@ class VoiceCritic(nn.Module):
     x01 = (_time_major(x.astype(jnp.float32)) + 1.0) * 0.5    # [B, T, pitches, tracks]
     parts = [x01[..., lo:hi + 1, t] for t, (lo, hi) in zip(layout.tracks, layout.ranges)]
     parts += [x01[..., p] for p in range(tracks) if p not in layout.tracks]
-    h = _Trunk(self.features, self.layers, self.heads, steps, self.dtype, name="trunk")(
-        jnp.concatenate(parts, -1))
+    h = _Trunk(self.features, self.layers, self.heads, steps, self.rotary, self.dtype,
+               name="trunk")(jnp.concatenate(parts, -1))
     h = h.astype(jnp.float32).mean(1)
     out = nn.Dense(1, name="logits")(h)[:, 0]
     if self.num_styles:

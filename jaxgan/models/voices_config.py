@@ -23,6 +23,8 @@ def model_config() -> ml_collections.ConfigDict:
   m.features = 128              # transformer width of the generator
   m.layers = 6
   m.heads = 4
+  m.rotary = True               # attention by distance between steps (rotary embeddings)
+  m.local_conv = True           # a k=3 convolution over the steps in every generator block
   m.z_size = 32                 # latent added to every step: another z, another piece
   m.critic_features = 96        # the critic (used only with loss.adv_weight > 0)
   m.critic_layers = 3
@@ -53,6 +55,11 @@ def check_config(config) -> None:
   if m.get("features", 128) % m.get("heads", 4):
     raise ConfigError(f"model.features={m.features} must be a multiple of "
                                  f"model.heads={m.heads}")
+  if not isinstance(m.get("rotary", True), bool):
+    raise ConfigError(f"model.rotary={m.rotary!r} must be True or False")
+  if m.get("rotary", True) and (m.get("features", 128) // m.get("heads", 4)) % 2:
+    raise ConfigError(f"model.rotary needs an even width per head: model.features="
+                      f"{m.features} / model.heads={m.heads} is odd")
   if m.get("dtype", "float32") not in ("float32", "bfloat16"):
     raise ConfigError(f"model.dtype={m.dtype!r} is not one of ('float32', 'bfloat16')")
   for key in ("gibbs_pmax", "gibbs_pmin", "gibbs_anneal"):
