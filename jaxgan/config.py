@@ -459,4 +459,6 @@ def load_run_config(workdir: str) -> ConfigDict:
     for key in ("rotary", "local_conv"):
       if key not in config.model:
         config.model[key] = False
+    if "metre_prior" not in config.model:
+      config.model.metre_prior = 0.0
   return config

@@ -23,6 +23,7 @@ from jaxgan import metrics as metrics_lib
 from jaxgan import distributed, errors, paths, sample, voice_metrics, voicegan
 from jaxgan import workdir as workdir_lib
 from jaxgan.midi.song import Track
+from jaxgan.models import voices as voices_lib
 
 log = logging.getLogger("jaxgan")
 
@@ -60,6 +61,23 @@ def real_windows(config, split: str, num: int) -> np.ndarray:
     if sum(len(r) for r in rolls) >= num:
       break
   return np.concatenate(rolls)[:num] if rolls else np.zeros((0,), np.uint8)
+
+
+def resolve_onset_rates(config) -> None:
+  """Fills model.onset_rates of a voices config whose sampler has a metre prior
+  (model.metre_prior > 0) from its training split, when not already set: saved with the run's
+  config, so that sampling never needs the data. Does nothing for other configs."""
+  m = config.model
+  if (not voicegan.is_voice_model(config) or not m.get("metre_prior", 0)
+      or tuple(m.get("onset_rates", ()))):
+    return
+  windows = real_windows(config, config.data.split, 4096)
+  if not len(windows):
+    return
+  rates = voices_lib.onset_rates(voicegan.layout_of(config), windows,
+                                 config_lib.steps_per_bar(config))
+  with m.unlocked():
+    m.onset_rates = tuple(round(float(r), 4) for r in rates)
 
 
 def _merged(rolls, spec) -> dict[str, np.ndarray]:

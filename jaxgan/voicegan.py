@@ -25,7 +25,11 @@ first `model.gibbs_anneal` of the rounds, and redraws them from the generator at
 `model.temperature`. Given cells never change, so a restored or accompanied piece keeps every
 note it was given. With `model.voice_leading_penalty` > 0, every draw lowers the logit of a
 choice by that much per parallel fifth or octave it would make with the other voices' current
-notes (models/voices.parallel_perfect_counts).
+notes (models/voices.parallel_perfect_counts). With `model.metre_prior` > 0, every draw after
+the first adds that weight times the log-prior of the note starts a choice makes, by step of
+the bar (models/voices.metre_log_prior; `model.onset_rates`, measured on the training data
+when training starts and saved with the run): the network follows the phase of the rhythm
+around a cell more than the bar's, and without the prior samples start notes on any 16th.
 """
 
 from __future__ import annotations
@@ -223,6 +227,8 @@ class VoiceModel:
     context, known, style = self._condition_parts(cond, num, bars)
     layout = self.layout
     penalty = float(m.voice_leading_penalty)
+    metre = float(m.metre_prior) if tuple(m.onset_rates) else 0.0
+    rates = jnp.asarray(tuple(m.onset_rates), jnp.float32)
     vknown = known[..., list(layout.tracks)]
     shape = context.shape
     given_classes, given_restrike = voices_lib.classes_from_roll(layout, context)
@@ -240,7 +246,7 @@ class VoiceModel:
         c["style"] = style
       return self.generator.apply({"params": params}, z, c)
 
-    def draw(out, k, redraw, classes, restrike, poly_on, temperature):
+    def draw(out, k, redraw, classes, restrike, poly_on, temperature, metre=metre):
       k1, k2, k3 = jax.random.split(k, 3)
       logits = out["logits"]
       if penalty:
@@ -248,9 +254,19 @@ class VoiceModel:
         # Gibbs cannot move a whole note out of one once it is laid, so choices are steered
         # away from making one while the notes are being laid.
         logits = logits - penalty * voices_lib.parallel_perfect_counts(layout, classes)
+      if metre:
+        # The network follows the phase of the rhythm around a cell more than the bar's, so a
+        # sample drifts into notes that start on any 16th; a prior of where notes start in
+        # the bar (measured on the training data) gives the draws the bar's phase. Not in the
+        # first round: the free cells around a cell hold no notes yet, only placeholders.
+        logits = logits + metre * voices_lib.metre_log_prior(classes, layout.num_classes, rates)
       new = jax.random.categorical(k1, logits / temperature)
       classes = jnp.where(redraw, new, classes)
-      strike = jax.random.bernoulli(k2, jax.nn.sigmoid(out["restrike"]))
+      strike_logit = out["restrike"]
+      if metre:
+        strike_logit = strike_logit + metre * voices_lib.metre_restrike_bias(classes.shape[1],
+                                                                             rates)
+      strike = jax.random.bernoulli(k2, jax.nn.sigmoid(strike_logit))
       restrike = jnp.where(redraw, strike, restrike)
       if poly_tracks:
         on = jax.random.bernoulli(k3, jax.nn.sigmoid(out["poly"] / temperature))
@@ -263,7 +279,8 @@ class VoiceModel:
     poly_on = jnp.where(known_cells, context > 0, False)
     k0, key = jax.random.split(key)
     out = predict(classes, restrike, poly_on, vknown)
-    classes, restrike, poly_on = draw(out, k0, free, classes, restrike, poly_on, temperature)
+    classes, restrike, poly_on = draw(out, k0, free, classes, restrike, poly_on, temperature,
+                                      metre=0.0)
 
     def body(i, carry):
       classes, restrike, poly_on = carry

@@ -34,6 +34,10 @@ def main() -> int:
   parser.add_argument("--rounds", default="48", help="comma-separated Gibbs round counts")
   parser.add_argument("--num", type=int, default=64)
   parser.add_argument("--pmin", type=float, help="model.gibbs_pmin for every row")
+  parser.add_argument("--penalty", type=float,
+                      help="model.voice_leading_penalty for every row (default: the model's)")
+  parser.add_argument("--metre", default="",
+                      help="comma-separated model.metre_prior weights (default: the model's)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--restoration", action="store_true",
                       help="instead: fill 2 hidden bars of every window, onset F1 and cell "
@@ -42,21 +46,19 @@ def main() -> int:
   if args.restoration:
     return restoration(args)
   real = None
-  print(f"{'rounds':>6} {'T':>5} {'within':>8} {'notes/bar S A T B':>24} "
-        f"{'rest S A T B':>24} {'par5':>7} {'par8':>7} {'s':>6}")
-  for rounds in [int(r) for r in args.rounds.split(",")]:
-    gen = sample.Generator.from_workdir(args.workdir)
-    gen.engine.model_cfg.gibbs_rounds = rounds   # before the sampler is first compiled
-    if args.pmin is not None:
-      gen.engine.model_cfg.gibbs_pmin = args.pmin
+  print(f"{'rounds':>6} {'metre':>5} {'T':>5} {'within':>8} {'notes/bar S A T B':>24} "
+        f"{'on_beat S A T B':>20} {'QN S A T B':>20} {'par5':>7} {'par8':>7} {'s':>6}")
+  for rounds, gen in _generators(args):
+    metre = gen.engine.model_cfg.metre_prior
     if real is None:
       real = evaluate.split_windows(gen.config, args.split)
       spec = evaluate.roll_spec(gen.config, gen.tracks)
       bach = voice_metrics.report(real, real, spec=spec, onsets_at_changes=True, with_oa=False)
       vl = bach["voice_leading"]["bach"]
-      print(f"{'Bach':>6} {'':>5} {'':>8} "
+      print(f"{'Bach':>6} {'':>5} {'':>5} {'':>8} "
             f"{' '.join(f'{x:5.2f}' for x in _stat(bach, 'notes_per_bar', 'bach')):>24} "
-            f"{' '.join(f'{x:5.3f}' for x in _stat(bach, 'rest_share', 'bach')):>24} "
+            f"{' '.join(f'{x:4.2f}' for x in _stat(bach, 'on_beat', 'bach')):>20} "
+            f"{' '.join(f'{x:4.2f}' for x in _stat(bach, 'QN', 'bach')):>20} "
             f"{vl['parallel_fifths']['rate']:7.4f} {vl['parallel_octaves']['rate']:7.4f}")
     for text in args.temperatures.split(","):
       temperature, final = _schedule(text)
@@ -73,9 +75,10 @@ def main() -> int:
       rep = voice_metrics.report(rolls, real, spec=spec, onsets_at_changes=True,
                                  seed=args.seed)
       vl = rep["voice_leading"]["model"]
-      print(f"{rounds:6d} {text:>5} {rep['passed']:3d}/{rep['total']:<4d} "
+      print(f"{rounds:6d} {metre:5.2f} {text:>5} {rep['passed']:3d}/{rep['total']:<4d} "
             f"{' '.join(f'{x:5.2f}' for x in _stat(rep, 'notes_per_bar', 'model')):>24} "
-            f"{' '.join(f'{x:5.3f}' for x in _stat(rep, 'rest_share', 'model')):>24} "
+            f"{' '.join(f'{x:4.2f}' for x in _stat(rep, 'on_beat', 'model')):>20} "
+            f"{' '.join(f'{x:4.2f}' for x in _stat(rep, 'QN', 'model')):>20} "
             f"{vl['parallel_fifths']['rate']:7.4f} {vl['parallel_octaves']['rate']:7.4f} "
             f"{seconds:6.1f}", flush=True)
   return 0
@@ -85,11 +88,8 @@ def restoration(args) -> int:
   print(f"{'rounds':>6} {'T':>5} {'cell acc':>9} {'pc acc':>7} {'onset F1':>9}   (repeat previous "
         "bar on the same cells: below)")
   real = None
-  for rounds in [int(r) for r in args.rounds.split(",")]:
-    gen = sample.Generator.from_workdir(args.workdir)
-    gen.engine.model_cfg.gibbs_rounds = rounds
-    if args.pmin is not None:
-      gen.engine.model_cfg.gibbs_pmin = args.pmin
+  first_gen = True
+  for rounds, gen in _generators(args):
     if real is None:
       real = evaluate.split_windows(gen.config, args.split)
       spec = evaluate.roll_spec(gen.config, gen.tracks)
@@ -102,13 +102,33 @@ def restoration(args) -> int:
       rep = voice_metrics.restoration_report(
           truth, {"model": voice_metrics.from_rolls(filled, spec)}, hidden,
           onsets_at_changes=True)
-      first = i == 0 and rounds == int(args.rounds.split(",")[0])
+      first = i == 0 and first_gen
       for name in ("model", "repeat previous bar") if first else ("model",):
         s = rep["methods"][name]["all"]
-        label = f"{rounds:6d} {text:>5}" if name == "model" else f"{'repeat':>6} {'':>5}"
+        metre = gen.engine.model_cfg.metre_prior
+        label = (f"{rounds:6d} {text:>5} m{metre:<4}" if name == "model"
+                 else f"{'repeat':>6} {'':>11}")
         print(f"{label} {s['cell_accuracy']:9.3f} {s['pitch_class_accuracy']:7.3f} "
               f"{s['onset_f1']:9.3f}", flush=True)
+    first_gen = False
   return 0
+
+
+def _generators(args):
+  """(rounds, generator) per row group: settings that change the compiled sampler need a
+  fresh generator (set before the sampler is first compiled)."""
+  weights = [float(w) for w in args.metre.split(",")] if args.metre else [None]
+  for rounds in [int(r) for r in args.rounds.split(",")]:
+    for weight in weights:
+      gen = sample.Generator.from_workdir(args.workdir)
+      gen.engine.model_cfg.gibbs_rounds = rounds
+      if args.pmin is not None:
+        gen.engine.model_cfg.gibbs_pmin = args.pmin
+      if weight is not None:
+        gen.engine.model_cfg.metre_prior = weight
+      if args.penalty is not None:
+        gen.engine.model_cfg.voice_leading_penalty = args.penalty
+      yield rounds, gen
 
 
 def _schedule(text: str) -> tuple[float, float]:

@@ -81,6 +81,8 @@ def test_mask_kinds_come_in_their_shares():
     ("--config.conditioning.infill=0.5", "conditioning.infill"),
     ("--config.loss.critic_input=logits", "loss.critic_input"),
     ("--config.model.features=6", "model.rotary"),   # 3 per head: rotary pairs need even
+    ("--config.model.metre_prior=-0.5", "model.metre_prior"),
+    ("--config.model.onset_rates=(0.5, 0.5)", "model.onset_rates"),   # not one per step
 ])
 def test_bad_voices_config_fails_naming_the_key(override, key):
   with pytest.raises(config_lib.ConfigError, match=key.replace(".", r"\.")):
@@ -99,10 +101,11 @@ def test_runs_saved_before_the_position_switches_load_without_them(tmp_path):
   config = tiny()
   assert config.model.rotary and config.model.local_conv   # what new runs train with
   saved = json.loads(config.to_json_best_effort())
-  del saved["model"]["rotary"], saved["model"]["local_conv"]
+  del saved["model"]["rotary"], saved["model"]["local_conv"], saved["model"]["metre_prior"]
   (tmp_path / "config.json").write_text(json.dumps(saved))
   old = config_lib.load_run_config(str(tmp_path))
   assert old.model.rotary is False and old.model.local_conv is False
+  assert old.model.metre_prior == 0.0   # sampled without the prior when it was measured
   engine = voicegan.VoiceModel(old, sharding.make_mesh(devices=jax.devices()[:1]))
   params = engine.abstract_generator()["g_ema"]
   assert "conv" not in params["trunk"]["block0"]   # the parameters such a run saved
@@ -134,6 +137,26 @@ def test_every_voice_sings_one_pitch_at_a_time_in_every_sample(engine_state):
   assert long.shape[:2] == (4, 5)
   for _, col, _, _ in _voice_columns(engine, long):
     assert col.sum(-1).max() <= 1
+
+
+def test_metre_prior_puts_note_starts_where_its_rates_say(engine_state):
+  engine, state = engine_state
+  steps = engine.steps
+  rates = tuple([0.9] + [0.002] * (steps - 1))       # notes start on bar lines only
+  starts = {}
+  for weight in (0.0, 8.0):
+    config = tiny(f"--config.model.metre_prior={weight}", "--config.model.gibbs_rounds=24",
+                  f"--config.model.onset_rates={rates!r}")
+    model = voicegan.VoiceModel(config, engine.mesh)
+    z = jax.random.normal(jax.random.PRNGKey(0), [32, model.latent_size])
+    rolls = jax.jit(model.gibbs)(state["g_ema"], z, jax.random.PRNGKey(1))
+    classes, restrike = voices_lib.classes_from_roll(model.layout, rolls)
+    classes, restrike = np.asarray(classes), np.asarray(restrike)
+    before = np.concatenate([np.full_like(classes[:, :1], -1), classes[:, :-1]], 1)
+    start = (classes != voices_lib.REST) & ((classes != before) | restrike)
+    on_bar_line = (np.arange(classes.shape[1]) % steps == 0)[None, :, None]
+    starts[weight] = (start & on_bar_line).sum() / max(start.sum(), 1)
+  assert starts[8.0] > 0.6 and starts[8.0] > 3 * starts[0.0], starts
 
 
 def test_a_fill_keeps_every_given_cell(engine_state):
@@ -169,6 +192,9 @@ def test_training_lowers_the_heldout_nll(tmp_path):
   before = voicegan.heldout_nll(engine, engine.init(jax.random.PRNGKey(0))["g"], windows)
   state = train.train_and_evaluate(config, str(tmp_path / "run"), progress=False)
   after = voicegan.heldout_nll(engine, jax.device_get(state["g"]), windows)
+  # The sampler's metre prior was measured from the training data and saved with the run.
+  rates = config_lib.load_run_config(str(tmp_path / "run")).model.onset_rates
+  assert len(rates) == engine.steps and 0 < min(rates) <= max(rates) < 1
   assert after["eval/nll"] < 0.6 * before["eval/nll"], (before, after)
   for kind in voicegan.MASK_KINDS:
     assert after[f"eval/nll/{kind}"] < before[f"eval/nll/{kind}"]

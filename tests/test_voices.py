@@ -210,3 +210,33 @@ def test_rotary_attention_scores_depend_on_distance_only():
   # ... and do depend on the distance (a bar back is not the step before).
   assert np.abs(scores[:, 4, 3] - scores[:, 20, 3]).max() > 1e-2
   np.testing.assert_allclose(np.asarray(voicenet._rotate(q)), np.asarray(q), atol=1e-6)
+
+
+def test_onset_rates_count_note_starts_by_step_of_the_bar():
+  roll = np.zeros(SHAPE, np.uint8)
+  flat = roll.reshape(SHAPE[0], -1, SHAPE[3], SHAPE[4])
+  flat[:, :, 12, 0] = 1
+  flat[:, ::4, 12, 0] = 2          # voice 0: a note every 4 steps, struck again on the same pitch
+  flat[:, :, 3, 2] = 1
+  flat[:, ::8, 3, 2] = 2           # voice 1: one note per bar, then none at all in the last bar
+  flat[:, 16:, 3, 2] = 0
+  rates = voices.onset_rates(LAYOUT, roll, steps_per_bar=8)
+  # step 0: voice 0 always, voice 1 in 2 bars of 3; step 4: voice 0 only; elsewhere nothing
+  np.testing.assert_allclose(rates[[0, 4]], [(3 + 2) / 6, 3 / 6], atol=1e-6)
+  np.testing.assert_allclose(np.delete(rates, [0, 4]), 1e-3)
+
+
+def test_metre_prior_moves_a_note_start_onto_the_stronger_step():
+  rates = jnp.asarray([0.8, 0.01, 0.3, 0.01])   # bar of 4 steps: strong, weak, medium, weak
+  a, b = 3, 7
+  classes = jnp.asarray([[a, a, a, b, b, b, b, b]])[..., None]          # [1, T=8, V=1]
+  prior = np.asarray(voices.metre_log_prior(classes, 10, rates))[0, :, 0]
+  # Step 3 (weak) between a and b: holding a starts b on the strong step 4, choosing b starts
+  # it on step 3: the prior prefers holding. Step 4 (strong): starting b there is preferred.
+  assert prior[3, a] > prior[3, b] + 2
+  assert prior[4, b] > prior[4, a]
+  # A rest starts nothing: at a weak step it beats a new pitch that would start a note there.
+  assert prior[1, voices.REST] > prior[1, 9]
+  # Relative to a bar without metre: at a step with the mean rate, starting costs nothing.
+  flat = np.asarray(voices.metre_log_prior(classes, 10, jnp.full([4], 0.3)))
+  np.testing.assert_allclose(flat, 0.0, atol=1e-6)

@@ -222,3 +222,57 @@ def parallel_perfect_counts(layout: VoiceLayout, classes: Array) -> Array:
     other = (jnp.arange(num_voices) != w)[None, None, :, None]
     count = count + (made & other).astype(jnp.float32)
   return count
+
+
+def onset_rates(layout: VoiceLayout, rolls: np.ndarray, steps_per_bar: int) -> np.ndarray:
+  """float [steps_per_bar]: the share of voice cells at each step of the bar where a note
+  starts (a pitch change or a restrike), over uint8 rolls [N, bars, steps, pitches, tracks];
+  kept inside [0.001, 0.999] so that their logs stay finite."""
+  classes, restrike = classes_from_roll(layout, jnp.asarray(rolls))
+  classes, restrike = np.asarray(classes), np.asarray(restrike)
+  before = np.concatenate([np.full_like(classes[:, :1], REST), classes[:, :-1]], 1)
+  starts = (classes != REST) & ((classes != before) | restrike)
+  position = np.arange(classes.shape[1]) % steps_per_bar
+  rates = np.array([starts[:, position == p].mean() if (position == p).any() else 0.5
+                    for p in range(steps_per_bar)])
+  return np.clip(rates, 1e-3, 1 - 1e-3)
+
+
+def metre_log_prior(classes: Array, num_classes: int, rates: Array) -> Array:
+  """float [B, T, V, C]: for each cell (step t, voice v) and each class it could take, the
+  log-probability of the note starts that choice makes with the voice as `classes` [B, T, V]
+  has it: at t (a pitch other than the step before's) and at t+1 (the next step sounds another
+  pitch than the choice). `rates` [steps_per_bar] is the chance that a note starts at each step
+  of the bar (`onset_rates`); steps are counted from a bar line (windows start on one).
+
+  Relative to a bar without metre (every step at the mean rate): the network already knows
+  how many notes a voice sings, so the prior moves note starts within the bar without
+  thinning them."""
+  t = classes.shape[1]
+  steps = rates.shape[0]
+  position = jnp.arange(t) % steps
+  mean = jnp.mean(rates)
+  log_start = jnp.log(rates) - jnp.log(mean)
+  log_hold = jnp.log1p(-rates) - jnp.log1p(-mean)
+
+  def at(table, pos):
+    return table[pos][None, :, None, None]                          # [1, T, 1, 1]
+
+  cand = jnp.arange(num_classes)[None, None, None, :]              # [1, 1, 1, C]
+  before = jnp.concatenate([jnp.full_like(classes[:, :1], REST), classes[:, :-1]], 1)[..., None]
+  after = jnp.concatenate([classes[:, 1:], jnp.full_like(classes[:, :1], REST)], 1)[..., None]
+  starts_here = (cand != REST) & (cand != before)
+  prior = jnp.where(starts_here, at(log_start, position), at(log_hold, position))
+  # The next step's note starts when it sounds a pitch other than the choice; a rest there
+  # starts nothing whatever the choice (the same term for every class: left out).
+  next_position = (position + 1) % steps
+  next_sounds = (after != REST) & (jnp.arange(t) < t - 1)[None, :, None, None]
+  next_term = jnp.where(after != cand, at(log_start, next_position), at(log_hold, next_position))
+  return prior + jnp.where(next_sounds, next_term, 0.0)
+
+
+def metre_restrike_bias(num_steps: int, rates: Array) -> Array:
+  """float [1, T, 1]: what `metre_log_prior` adds to the logit of striking a held pitch again
+  (a note start too) at each of `num_steps` steps."""
+  position = jnp.arange(num_steps) % rates.shape[0]
+  return (jnp.log(rates) - jnp.log1p(-rates))[position][None, :, None]

@@ -34,8 +34,11 @@ def model_config() -> ml_collections.ConfigDict:
   m.gibbs_pmin = 0.1            # ...falling to this...
   m.gibbs_anneal = 0.7          # ...over this share of the rounds
   m.temperature = 1.0           # sampling temperature of the class distributions in the first
-  m.final_temperature = 0.5     # round, moving linearly to this in the last
-  m.voice_leading_penalty = 3.0  # logit penalty per parallel fifth/octave a draw would make
+  m.final_temperature = 0.7     # round, moving linearly to this in the last
+  m.voice_leading_penalty = 6.0  # logit penalty per parallel fifth/octave a draw would make
+  m.metre_prior = 0.7           # weight of the log-prior of note starts by step of the bar
+  m.onset_rates = ()            # that prior: note-start share per step of the bar, measured
+                                # from the training data when training starts
   return m
 
 
@@ -70,6 +73,14 @@ def check_config(config) -> None:
   if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not penalty >= 0:
     raise ConfigError(f"model.voice_leading_penalty={penalty!r} must be a number >= 0 "
                       "(0 turns it off)")
+  metre = m.get("metre_prior", defaults.metre_prior)
+  if isinstance(metre, bool) or not isinstance(metre, (int, float)) or not metre >= 0:
+    raise ConfigError(f"model.metre_prior={metre!r} must be a number >= 0 (0 turns it off)")
+  rates = tuple(m.get("onset_rates", ()))
+  steps = config.data.meter[0] * 4 * config.data.steps_per_beat // config.data.meter[1]
+  if rates and (len(rates) != steps or not all(0 < r < 1 for r in rates)):
+    raise ConfigError(f"model.onset_rates must hold {steps} shares in (0, 1), one per step "
+                      f"of the bar, or be empty (measured when training starts); got {rates!r}")
   for key in ("temperature", "final_temperature"):
     if not m.get(key, 1.0) > 0:
       raise ConfigError(f"model.{key}={m.get(key)!r} must be > 0")
