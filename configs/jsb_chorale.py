@@ -4,7 +4,9 @@ Data: the standard 229/76/77 split (`jsb_chorales_standard`: Boulanger-Lewandows
 the shipped JSON), 8-bar windows of 16th notes, transposed at random by up to 5 semitones
 within each voice's measured range. Model: the voices architecture (jaxgan/voicegan.py), a
 transformer over the steps that fills hidden cells, one categorical choice per voice and step;
-trained by cross-entropy on hidden cells under four kinds of masks, sampled by blocked Gibbs.
+trained by cross-entropy on hidden cells under four kinds of masks, sampled by blocked Gibbs
+with a metre prior measured on the training split (model.metre_prior, model.onset_rates) and a
+voice-leading penalty. 8,000 steps take about 50 min on a 2-core CPU.
 The checkpoint with the lowest held-out NLL (validation split, fixed masks) is kept in
 WORKDIR/best.
 
@@ -35,7 +37,7 @@ def get_config(arg=None):
   c.model.name = "jsb_chorale"
   c.loss.recon_weight = 1.0
   c.loss.adv_weight = 0.0
-  c.g_optim = config_lib.optim_config(1e-3)
+  c.g_optim = config_lib.optim_config(3e-3)
   c.g_optim.b1, c.g_optim.b2 = 0.9, 0.98
   c.g_optim.schedule = "warmup_cosine"
   c.g_optim.warmup_steps = 300
