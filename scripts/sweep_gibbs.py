@@ -47,7 +47,8 @@ def main() -> int:
     return restoration(args)
   real = None
   print(f"{'rounds':>6} {'metre':>5} {'T':>5} {'within':>8} {'notes/bar S A T B':>24} "
-        f"{'on_beat S A T B':>20} {'QN S A T B':>20} {'par5':>7} {'par8':>7} {'s':>6}")
+        f"{'on_beat S A T B':>20} {'QN S A T B':>20} {'rest':>6} {'par5':>7} {'par8':>7} "
+        f"{'s':>6}")
   for rounds, gen in _generators(args):
     metre = gen.engine.model_cfg.metre_prior
     if real is None:
@@ -59,6 +60,7 @@ def main() -> int:
             f"{' '.join(f'{x:5.2f}' for x in _stat(bach, 'notes_per_bar', 'bach')):>24} "
             f"{' '.join(f'{x:4.2f}' for x in _stat(bach, 'on_beat', 'bach')):>20} "
             f"{' '.join(f'{x:4.2f}' for x in _stat(bach, 'QN', 'bach')):>20} "
+            f"{np.mean(_stat(bach, 'rest_share', 'bach')):6.3f} "
             f"{vl['parallel_fifths']['rate']:7.4f} {vl['parallel_octaves']['rate']:7.4f}")
     for text in args.temperatures.split(","):
       temperature, final = _schedule(text)
@@ -79,6 +81,7 @@ def main() -> int:
             f"{' '.join(f'{x:5.2f}' for x in _stat(rep, 'notes_per_bar', 'model')):>24} "
             f"{' '.join(f'{x:4.2f}' for x in _stat(rep, 'on_beat', 'model')):>20} "
             f"{' '.join(f'{x:4.2f}' for x in _stat(rep, 'QN', 'model')):>20} "
+            f"{np.mean(_stat(rep, 'rest_share', 'model')):6.3f} "
             f"{vl['parallel_fifths']['rate']:7.4f} {vl['parallel_octaves']['rate']:7.4f} "
             f"{seconds:6.1f}", flush=True)
   return 0

@@ -240,10 +240,12 @@ def onset_rates(layout: VoiceLayout, rolls: np.ndarray, steps_per_bar: int) -> n
 
 def metre_log_prior(classes: Array, num_classes: int, rates: Array) -> Array:
   """float [B, T, V, C]: for each cell (step t, voice v) and each class it could take, the
-  log-probability of the note starts that choice makes with the voice as `classes` [B, T, V]
-  has it: at t (a pitch other than the step before's) and at t+1 (the next step sounds another
-  pitch than the choice). `rates` [steps_per_bar] is the chance that a note starts at each step
-  of the bar (`onset_rates`); steps are counted from a bar line (windows start on one).
+  log-probability of the events that choice makes with the voice as `classes` [B, T, V] has
+  it: at t (a class other than the step before's) and at t+1 (the next step's class other than
+  the choice). An event is a note start or a rest start: Bach's rests begin where notes would,
+  so a rest is no cheap way out of an off-beat start. `rates` [steps_per_bar] is the chance
+  that a note starts at each step of the bar (`onset_rates`), standing in for both; steps are
+  counted from a bar line (windows start on one).
 
   Relative to a bar without metre (every step at the mean rate): the network already knows
   how many notes a voice sings, so the prior moves note starts within the bar without
@@ -261,14 +263,11 @@ def metre_log_prior(classes: Array, num_classes: int, rates: Array) -> Array:
   cand = jnp.arange(num_classes)[None, None, None, :]              # [1, 1, 1, C]
   before = jnp.concatenate([jnp.full_like(classes[:, :1], REST), classes[:, :-1]], 1)[..., None]
   after = jnp.concatenate([classes[:, 1:], jnp.full_like(classes[:, :1], REST)], 1)[..., None]
-  starts_here = (cand != REST) & (cand != before)
-  prior = jnp.where(starts_here, at(log_start, position), at(log_hold, position))
-  # The next step's note starts when it sounds a pitch other than the choice; a rest there
-  # starts nothing whatever the choice (the same term for every class: left out).
+  prior = jnp.where(cand != before, at(log_start, position), at(log_hold, position))
   next_position = (position + 1) % steps
-  next_sounds = (after != REST) & (jnp.arange(t) < t - 1)[None, :, None, None]
+  has_next = (jnp.arange(t) < t - 1)[None, :, None, None]
   next_term = jnp.where(after != cand, at(log_start, next_position), at(log_hold, next_position))
-  return prior + jnp.where(next_sounds, next_term, 0.0)
+  return prior + jnp.where(has_next, next_term, 0.0)
 
 
 def metre_restrike_bias(num_steps: int, rates: Array) -> Array:
