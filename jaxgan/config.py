@@ -454,11 +454,8 @@ def load_run_config(workdir: str) -> ConfigDict:
       if key not in config[section]:
         config[section][key] = value
   config.conditioning.styles = tuple(config.conditioning.styles)
-  if config.model.get("arch") == "voices":
-    # Trained before these switches existed, so without what they add.
-    for key in ("rotary", "local_conv"):
+  if voices_config.is_voice_model(config):
+    for key, value in voices_config.LEGACY_DEFAULTS.items():
       if key not in config.model:
-        config.model[key] = False
-    if "metre_prior" not in config.model:
-      config.model.metre_prior = 0.0
+        config.model[key] = value
   return config

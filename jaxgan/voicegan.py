@@ -407,7 +407,7 @@ def train_step(model: VoiceModel, txs: Optimizers, state: State, batch: dict[str
   vknown = known[..., vtracks]
   classes, restrike = voices_lib.classes_from_roll(layout, roll)
   # A restrike is a question only where a voice keeps the pitch of the step before.
-  prev = jnp.concatenate([jnp.full_like(classes[:, :1], -1), classes[:, :-1]], 1)
+  prev, _ = voices_lib.neighbours(classes, -1)
   held = (classes == prev) & (classes != voices_lib.REST)
   cond = {"context": roll, "known": model.known_in_bars(known)}
   if model.cond["num_styles"]:

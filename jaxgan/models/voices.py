@@ -193,6 +193,12 @@ def class_pitches(layout: VoiceLayout) -> np.ndarray:
   return np.where((c == REST) | ~layout.valid_classes(), -1, low + c - 1).astype(np.int32)
 
 
+def neighbours(x: Array, fill: int) -> tuple[Array, Array]:
+  """(the step before, the step after) of every step of x [B, T, ...], `fill` past the ends."""
+  edge = jnp.full_like(x[:, :1], fill)
+  return (jnp.concatenate([edge, x[:, :-1]], 1), jnp.concatenate([x[:, 1:], edge], 1))
+
+
 def parallel_perfect_counts(layout: VoiceLayout, classes: Array) -> Array:
   """float [B, T, V, C]: for each cell (step t, voice v) and each class it could take, how
   many parallel fifths or octaves (unisons and compounds included) that choice would make with
@@ -202,9 +208,7 @@ def parallel_perfect_counts(layout: VoiceLayout, classes: Array) -> Array:
   pitch_of = jnp.asarray(class_pitches(layout))                     # [V, C]
   num_voices = classes.shape[-1]
   current = pitch_of[jnp.arange(num_voices), classes]               # [B, T, V]
-  silent = jnp.full_like(current[:, :1], -1)
-  before = jnp.concatenate([silent, current[:, :-1]], 1)
-  after = jnp.concatenate([current[:, 1:], silent], 1)
+  before, after = neighbours(current, -1)
   cand = pitch_of[None, None]                                       # [1, 1, V, C]
 
   def parallel(a0, a1, b0, b1):
@@ -229,9 +233,8 @@ def onset_rates(layout: VoiceLayout, rolls: np.ndarray, steps_per_bar: int) -> n
   starts (a pitch change or a restrike), over uint8 rolls [N, bars, steps, pitches, tracks];
   kept inside [0.001, 0.999] so that their logs stay finite."""
   classes, restrike = classes_from_roll(layout, jnp.asarray(rolls))
-  classes, restrike = np.asarray(classes), np.asarray(restrike)
-  before = np.concatenate([np.full_like(classes[:, :1], REST), classes[:, :-1]], 1)
-  starts = (classes != REST) & ((classes != before) | restrike)
+  before, _ = neighbours(classes, REST)
+  starts = np.asarray((classes != REST) & ((classes != before) | restrike))
   position = np.arange(classes.shape[1]) % steps_per_bar
   rates = np.array([starts[:, position == p].mean() if (position == p).any() else 0.5
                     for p in range(steps_per_bar)])
@@ -261,8 +264,7 @@ def metre_log_prior(classes: Array, num_classes: int, rates: Array) -> Array:
     return table[pos][None, :, None, None]                          # [1, T, 1, 1]
 
   cand = jnp.arange(num_classes)[None, None, None, :]              # [1, 1, 1, C]
-  before = jnp.concatenate([jnp.full_like(classes[:, :1], REST), classes[:, :-1]], 1)[..., None]
-  after = jnp.concatenate([classes[:, 1:], jnp.full_like(classes[:, :1], REST)], 1)[..., None]
+  before, after = (x[..., None] for x in neighbours(classes, REST))
   prior = jnp.where(cand != before, at(log_start, position), at(log_hold, position))
   next_position = (position + 1) % steps
   has_next = (jnp.arange(t) < t - 1)[None, :, None, None]
@@ -271,7 +273,8 @@ def metre_log_prior(classes: Array, num_classes: int, rates: Array) -> Array:
 
 
 def metre_restrike_bias(num_steps: int, rates: Array) -> Array:
-  """float [1, T, 1]: what `metre_log_prior` adds to the logit of striking a held pitch again
-  (a note start too) at each of `num_steps` steps."""
+  """float [1, T, 1]: the log-odds of a note start at each of `num_steps` steps, added to the
+  logit of striking a held pitch again (a note start too). Unlike `metre_log_prior` it is not
+  taken relative to the mean rate, so it also lowers restrikes overall."""
   position = jnp.arange(num_steps) % rates.shape[0]
   return (jnp.log(rates) - jnp.log1p(-rates))[position][None, :, None]

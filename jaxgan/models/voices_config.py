@@ -42,6 +42,11 @@ def model_config() -> ml_collections.ConfigDict:
   return m
 
 
+# What a voices run saved before a key existed was trained or sampled with: config.json files
+# that lack the key get this value, not model_config()'s.
+LEGACY_DEFAULTS = {"rotary": False, "local_conv": False, "metre_prior": 0.0}
+
+
 def check_config(config) -> None:
   """Raises ConfigError for a voices config that cannot train; called by config.validate."""
   m, lc, d = config.model, config.loss, config.data
