@@ -27,9 +27,12 @@ note it was given. With `model.voice_leading_penalty` > 0, every draw lowers the
 choice by that much per parallel fifth or octave it would make with the other voices' current
 notes (models/voices.parallel_perfect_counts). With `model.metre_prior` > 0, every draw after
 the first adds that weight times the log-prior of the note starts a choice makes, by step of
-the bar (models/voices.metre_log_prior; `model.onset_rates`, measured on the training data
-when training starts and saved with the run): the network follows the phase of the rhythm
-around a cell more than the bar's, and without the prior samples start notes on any 16th.
+the bar and voice (models/voices.metre_log_prior; `model.onset_rates`, a row per voice,
+measured on the training data when training starts and saved with the run): the network
+follows the phase of the rhythm around a cell more than the bar's, and without the prior
+samples start notes on any 16th. `model.onset_gain` (per voice, set by
+scripts/calibrate_onset_gain.py) raises the prior's chance of a note start on the strong steps
+of a voice that the low final temperature leaves sparser than the data.
 """
 
 from __future__ import annotations
@@ -68,6 +71,13 @@ def layout_of(config, track_names: Sequence[str] = ()) -> voices_lib.VoiceLayout
   # A range is clipped to the piano-roll's rows: the data never holds notes outside them.
   clipped = [(max(ranges[t][0], d.lowest_pitch), min(ranges[t][1], top)) for t in mono]
   return voices_lib.VoiceLayout.from_pitches(mono, clipped, d.lowest_pitch, d.num_pitches)
+
+
+def onset_rates_table(onset_rates: Sequence[float], steps_per_bar: int) -> jax.Array:
+  """model.onset_rates as float [steps_per_bar] (one row for every voice) or [voices,
+  steps_per_bar] (a row per voice, as runs measure them since per-voice rates existed)."""
+  rates = jnp.asarray(tuple(onset_rates), jnp.float32)
+  return rates if rates.shape[0] == steps_per_bar else rates.reshape(-1, steps_per_bar)
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,7 +238,8 @@ class VoiceModel:
     layout = self.layout
     penalty = float(m.voice_leading_penalty)
     metre = float(m.metre_prior) if tuple(m.onset_rates) else 0.0
-    rates = jnp.asarray(tuple(m.onset_rates), jnp.float32)
+    rates = onset_rates_table(m.onset_rates, self.steps) if metre else None
+    gain = jnp.asarray(tuple(m.onset_gain), jnp.float32) if tuple(m.get("onset_gain", ())) else None
     vknown = known[..., list(layout.tracks)]
     shape = context.shape
     given_classes, given_restrike = voices_lib.classes_from_roll(layout, context)
@@ -259,7 +270,8 @@ class VoiceModel:
         # sample drifts into notes that start on any 16th; a prior of where notes start in
         # the bar (measured on the training data) gives the draws the bar's phase. Not in the
         # first round: the free cells around a cell hold no notes yet, only placeholders.
-        logits = logits + metre * voices_lib.metre_log_prior(classes, layout.num_classes, rates)
+        logits = logits + metre * voices_lib.metre_log_prior(classes, layout.num_classes, rates,
+                                                                   gain)
       new = jax.random.categorical(k1, logits / temperature)
       classes = jnp.where(redraw, new, classes)
       strike_logit = out["restrike"]

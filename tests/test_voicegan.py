@@ -85,10 +85,20 @@ def test_mask_kinds_come_in_their_shares():
     ("--config.model.features=6", "model.rotary"),   # 3 per head: rotary pairs need even
     ("--config.model.metre_prior=-0.5", "model.metre_prior"),
     ("--config.model.onset_rates=(0.5, 0.5)", "model.onset_rates"),   # not one per step
+    ("--config.model.onset_gain=(1.5,)", "model.onset_gain"),          # not one per voice
+    ("--config.model.onset_gain=(1.5, 0.0)", "model.onset_gain"),
 ])
 def test_bad_voices_config_fails_naming_the_key(override, key):
   with pytest.raises(config_lib.ConfigError, match=key.replace(".", r"\.")):
     tiny(override)
+
+
+def test_onset_rates_may_hold_a_row_per_voice():
+  steps = 8                                   # tiny: 8 steps per bar, 2 voices
+  config = tiny(f"--config.model.onset_rates={tuple([0.5] * steps * 2)!r}")
+  assert voicegan.onset_rates_table(config.model.onset_rates, steps).shape == (2, steps)
+  shared = tiny(f"--config.model.onset_rates={tuple([0.5] * steps)!r}")
+  assert voicegan.onset_rates_table(shared.model.onset_rates, steps).shape == (steps,)
 
 
 def test_unknown_model_key_is_refused():
@@ -161,6 +171,67 @@ def test_metre_prior_puts_note_starts_where_its_rates_say(engine_state):
   assert starts[8.0] > 0.6 and starts[8.0] > 3 * starts[0.0], starts
 
 
+def test_per_voice_rates_put_each_voice_s_starts_where_its_row_says(engine_state):
+  engine, state = engine_state
+  steps = engine.steps
+  on_bar_line = [0.9] + [0.002] * (steps - 1)
+  mid_bar = [0.002] * (steps // 2) + [0.9] + [0.002] * (steps // 2 - 1)
+  position = np.arange(engine.data_shape[0] * steps) % steps
+
+  def shares(rows):
+    """Per voice, the share of its note starts at the bar line and at mid-bar."""
+    config = tiny("--config.model.metre_prior=8.0", "--config.model.gibbs_rounds=24",
+                  f"--config.model.onset_rates={tuple(rows)!r}")
+    model = voicegan.VoiceModel(config, engine.mesh)
+    z = jax.random.normal(jax.random.PRNGKey(0), [32, model.latent_size])
+    rolls = jax.jit(model.gibbs)(state["g_ema"], z, jax.random.PRNGKey(1))
+    classes, restrike = (np.asarray(x) for x in voices_lib.classes_from_roll(model.layout,
+                                                                            rolls))
+    before = np.concatenate([np.full_like(classes[:, :1], -1), classes[:, :-1]], 1)
+    start = (classes != voices_lib.REST) & ((classes != before) | restrike)
+    start[:, 0] = False        # every voice's first note starts the piece, where it may
+    total = np.maximum(start.sum((0, 1)), 1)
+    return (start[:, position == 0].sum((0, 1)) / total,
+            start[:, position == steps // 2].sum((0, 1)) / total)
+
+  bar_line, middle = shares(on_bar_line + mid_bar)
+  swapped_bar_line, swapped_middle = shares(mid_bar + on_bar_line)
+  # Voice 0 starts its notes on bar lines, voice 1 in the middle of the bar, and swapping the
+  # rows swaps where.
+  assert bar_line[0] > 0.4 and bar_line[0] > 2 * swapped_bar_line[0], (bar_line, swapped_bar_line)
+  assert middle[1] > 0.4 and middle[1] > 2 * swapped_middle[1], (middle, swapped_middle)
+
+
+def test_calibrating_the_onset_gain_moves_density_toward_the_data(engine_state):
+  from jaxgan import evaluate  # pylint: disable=import-outside-toplevel
+  engine, state = engine_state
+  steps = engine.steps
+  config = tiny(f"--config.model.onset_rates={tuple([0.3] * steps)!r}",
+                "--config.model.gibbs_rounds=8")
+  gen = sample_lib.Generator(config=config, engine=voicegan.VoiceModel(config, engine.mesh),
+                             variables={"params": state["g_ema"], "batch_stats": {}}, step=0,
+                             tracks=sample_lib.tracks_for(config))
+  _, rows = evaluate.calibrate_onset_gain(gen, num=16, iterations=0)
+  assert len(rows) == 1 and rows[0]["gain"] == (1.0, 1.0)
+  # The training split's density by default; here voice 0 should sing 1.5x what it does, and
+  # voice 1 0.7x: a gain only adds notes, so voice 1 keeps gain 1.
+  density = np.asarray(rows[0]["notes_per_bar"])
+  np.testing.assert_allclose(rows[0]["target"], voice_metrics.statistics(voice_metrics.from_rolls(
+      evaluate.split_windows(config, "train", hop_bars=1),
+      evaluate.roll_spec(config, gen.tracks)))["notes_per_bar"], atol=1e-3)
+  target = density * np.asarray([1.5, 0.7])
+  gain, rows = evaluate.calibrate_onset_gain(gen, num=16, iterations=2, target=target)
+  assert len(rows) == 3 and len(gain) == engine.layout.num_voices
+  assert gain[0] > 1.0 and all(r["gain"][1] == 1.0 for r in rows), rows
+  denser = [r["notes_per_bar"][0] for r in rows]
+  assert max(denser[1:]) > denser[0], rows
+  worst = [np.abs(np.log(np.asarray(r["notes_per_bar"])[:1] / target[:1])).max() for r in rows]
+  assert tuple(gain) == rows[int(np.argmin(worst))]["gain"]
+  with pytest.raises(ValueError, match="metre prior"):
+    evaluate.calibrate_onset_gain(sample_lib.Generator(
+        config=tiny(), engine=engine, variables=gen.variables, step=0, tracks=gen.tracks))
+
+
 def test_a_fill_keeps_every_given_cell(engine_state):
   engine, state = engine_state
   layout = engine.layout
@@ -205,9 +276,11 @@ def test_training_lowers_the_heldout_nll(tmp_path):
   trained = sample_lib.Generator.from_workdir(workdir, use_ema=False)
   assert trained.step == 150
   after = voicegan.heldout_nll(engine, trained.variables["params"], windows)
-  # The sampler's metre prior was measured from the training data and saved with the run.
+  # The sampler's metre prior was measured from the training data and saved with the run,
+  # a row per voice.
   rates = config_lib.load_run_config(str(tmp_path / "run")).model.onset_rates
-  assert len(rates) == engine.steps and 0 < min(rates) <= max(rates) < 1
+  assert len(rates) == engine.steps * engine.layout.num_voices
+  assert 0 < min(rates) <= max(rates) < 1
   assert after["eval/nll"] < 0.6 * before["eval/nll"], (before, after)
   for kind in voicegan.MASK_KINDS:
     assert after[f"eval/nll/{kind}"] < before[f"eval/nll/{kind}"]

@@ -226,6 +226,59 @@ def test_onset_rates_count_note_starts_by_step_of_the_bar():
   np.testing.assert_allclose(np.delete(rates, [0, 4]), 1e-3)
 
 
+def test_onset_rates_per_voice_keep_each_voice_apart():
+  roll = np.zeros(SHAPE, np.uint8)
+  flat = roll.reshape(SHAPE[0], -1, SHAPE[3], SHAPE[4])
+  flat[:, :, 12, 0] = 1
+  flat[:, ::4, 12, 0] = 2          # voice 0: a note every 4 steps
+  flat[:, :, 3, 2] = 1
+  flat[:, 2::8, 3, 2] = 2          # voice 1: a note at step 2 of every bar
+  rates = voices.onset_rates(LAYOUT, roll, steps_per_bar=8, per_voice=True)
+  assert rates.shape == (2, 8)
+  np.testing.assert_allclose(rates[0, [0, 4]], 1.0 - 1e-3)
+  np.testing.assert_allclose(rates[1, 2], 1.0 - 1e-3)
+  np.testing.assert_allclose(rates[1, 0], 1 / 3)    # the piece's first note, in bar 1 of 3
+  np.testing.assert_allclose(np.delete(rates[1], [0, 2]), 1e-3)
+  # The shared rates are the voices' mean.
+  shared = voices.onset_rates(LAYOUT, roll, steps_per_bar=8)
+  np.testing.assert_allclose(shared, np.clip(rates.mean(0), 1e-3, 1 - 1e-3), atol=1e-3)
+
+
+def test_metre_prior_per_voice_reads_each_voice_its_own_rates():
+  a, b = 3, 7
+  one = jnp.asarray([[a, a, a, a, b, b, b, b]])                       # [1, T=8]
+  classes = jnp.stack([one, one], -1)                                 # [1, 8, V=2]
+  strong_first = jnp.asarray([0.8, 0.01, 0.3, 0.01])
+  strong_third = jnp.asarray([0.3, 0.01, 0.8, 0.01])
+  prior = np.asarray(voices.metre_log_prior(classes, 10, jnp.stack([strong_first,
+                                                                    strong_third])))
+  # Step 4 is the bar's first step (bars of 4): voice 0 prefers starting b there, voice 1
+  # (strongest at step 2 of its bar) less so.
+  assert prior[0, 4, 0, b] - prior[0, 4, 0, a] > prior[0, 4, 1, b] - prior[0, 4, 1, a] + 0.5
+  # A row per voice equal to the shared rates gives the shared prior.
+  shared = np.asarray(voices.metre_log_prior(classes, 10, strong_first))
+  same = np.asarray(voices.metre_log_prior(classes, 10, jnp.stack([strong_first] * 2)))
+  np.testing.assert_allclose(same, shared, atol=1e-6)
+  # A gain g on a voice adds log(g) per event a choice makes there (at steps of equal rates),
+  # nothing to holding on.
+  flat_rates = jnp.full([4], 0.3)
+  plain = np.asarray(voices.metre_log_prior(classes, 10, flat_rates))
+  gained = np.asarray(voices.metre_log_prior(classes, 10, flat_rates, jnp.asarray([1.0, 2.0])))
+  np.testing.assert_allclose(gained[..., 0, :], plain[..., 0, :], atol=1e-6)
+  events = np.rint((gained[..., 1, :] - plain[..., 1, :]) / np.log(2.0))
+  np.testing.assert_allclose(gained[..., 1, :] - plain[..., 1, :], events * np.log(2.0),
+                             atol=1e-5)
+  assert events[0, 2, a] == 0 and events[0, 2, b] == 2    # inside a's note: b starts and ends
+  assert events[0, 3, a] == 1 and events[0, 3, b] == 1    # before b: a holds, or b starts early
+  # With a metre, the gain acts in proportion to the step's rate: fully on the strongest step,
+  # hardly on a weak one (notes a sparse voice lacks are those held over a beat).
+  metred = np.asarray(voices.metre_log_prior(classes, 10, strong_first, jnp.asarray([2.0, 2.0])))
+  added = metred - shared
+  np.testing.assert_allclose(added[0, 0, 0, b], np.log(2.0) * (1 + 0.01 / 0.8), atol=1e-5)
+  np.testing.assert_allclose(added[0, 1, 0, b], np.log(2.0) * (0.01 / 0.8 + 0.3 / 0.8),
+                             atol=1e-5)
+
+
 def test_metre_prior_moves_a_note_start_onto_the_stronger_step():
   rates = jnp.asarray([0.8, 0.01, 0.3, 0.01])   # bar of 4 steps: strong, weak, medium, weak
   a, b = 3, 7

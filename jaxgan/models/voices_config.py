@@ -37,8 +37,10 @@ def model_config() -> ml_collections.ConfigDict:
   m.final_temperature = 0.7     # round, moving linearly to this in the last
   m.voice_leading_penalty = 6.0  # logit penalty per parallel fifth/octave a draw would make
   m.metre_prior = 0.7           # weight of the log-prior of note starts by step of the bar
-  m.onset_rates = ()            # that prior: note-start share per step of the bar, measured
+  m.onset_rates = ()            # that prior: note-start share per step of the bar, one row
+                                # per voice one after another (or one row for all), measured
                                 # from the training data when training starts
+  m.onset_gain = ()             # per voice, a factor on the prior's chance of a note start
   return m
 
 
@@ -83,9 +85,17 @@ def check_config(config) -> None:
     raise ConfigError(f"model.metre_prior={metre!r} must be a number >= 0 (0 turns it off)")
   rates = tuple(m.get("onset_rates", ()))
   steps = config.data.meter[0] * 4 * config.data.steps_per_beat // config.data.meter[1]
-  if rates and (len(rates) != steps or not all(0 < r < 1 for r in rates)):
-    raise ConfigError(f"model.onset_rates must hold {steps} shares in (0, 1), one per step "
-                      f"of the bar, or be empty (measured when training starts); got {rates!r}")
+  voices = len(tuple(d.mono_tracks))
+  if rates and (len(rates) not in (steps, steps * voices)
+                or not all(isinstance(r, (int, float)) and 0 < r < 1 for r in rates)):
+    raise ConfigError(f"model.onset_rates must hold shares in (0, 1): {steps} (one per step of "
+                      f"the bar, for every voice) or {steps * voices} ({steps} per voice, voice "
+                      f"after voice), or be empty (measured when training starts); got {rates!r}")
+  gain = tuple(m.get("onset_gain", ()))
+  if gain and (len(gain) != voices or not all(isinstance(g, (int, float)) and 0 < g <= 100
+                                              for g in gain)):
+    raise ConfigError(f"model.onset_gain must hold {voices} factors > 0, one per voice, or be "
+                      f"empty (none); got {gain!r}")
   for key in ("temperature", "final_temperature"):
     if not m.get(key, 1.0) > 0:
       raise ConfigError(f"model.{key}={m.get(key)!r} must be > 0")
