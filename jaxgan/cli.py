@@ -82,6 +82,14 @@ def _add_source_flags(p: argparse.ArgumentParser) -> None:
 def cmd_export(args, extra) -> int:
   from jaxgan import paths, sample  # pylint: disable=import-outside-toplevel
   gen = sample.Generator.from_workdir(args.workdir, use_ema=not args.no_ema, best=args.best)
+  if args.calibrate:
+    from jaxgan import evaluate  # pylint: disable=import-outside-toplevel
+    gain, rows = evaluate.calibrate_onset_gain(gen)
+    for i, row in enumerate(rows):
+      print(f"calibration round {i}: gain {row['gain']}, notes per bar {row['notes_per_bar']}"
+            f" (training split: {row['target']})")
+    gen.config.model.onset_gain = gain
+    print(f"model.onset_gain={gain}")
   metrics = None
   if args.metrics:
     import json  # pylint: disable=import-outside-toplevel
@@ -437,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--no-ema", action="store_true", help="export the raw generator, not its EMA")
   p.add_argument("--best", action="store_true",
                  help="export the checkpoint kept by train.best_metric, not the latest")
+  p.add_argument("--calibrate", action="store_true",
+                 help="voices models: set model.onset_gain so that free samples sing the "
+                      "training split's notes per bar (a few minutes; needs the data set)")
   p.set_defaults(func=cmd_export)
 
   p = sub.add_parser("profile", help="time train steps: compile, p50/p90, FLOPs, MFU, trace")

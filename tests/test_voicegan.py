@@ -321,6 +321,13 @@ def test_export_loads_without_training_state_and_samples_the_same(tmp_path):
   a = sample_lib.sample(full, jax.random.PRNGKey(4), 3)
   b = sample_lib.sample(alone, jax.random.PRNGKey(4), 3)
   np.testing.assert_array_equal(a, b)
+  # --calibrate writes a note-density gain per voice into the export's config (never below 1:
+  # a gain only adds notes), and the export samples with it.
+  calibrated = str(tmp_path / "calibrated")
+  assert cli.main(["export", "--workdir", workdir, "--out", calibrated, "--calibrate"]) == 0
+  gain = tuple(sample_lib.Generator.from_workdir(calibrated).config.model.onset_gain)
+  assert len(gain) == 2 and min(gain) >= 1.0
+  assert tuple(config_lib.load_run_config(workdir).model.onset_gain) == ()   # the run's own
   # A damaged weights file is refused with its name.
   with open(os.path.join(out, "generator.msgpack"), "r+b") as f:
     f.truncate(100)
