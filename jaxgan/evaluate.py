@@ -65,8 +65,9 @@ def real_windows(config, split: str, num: int) -> np.ndarray:
 
 def resolve_onset_rates(config) -> None:
   """Fills model.onset_rates of a voices config whose sampler has a metre prior
-  (model.metre_prior > 0) from its training split, a row per voice, when not already set: saved with the run's
-  config, so that sampling never needs the data. Does nothing for other configs."""
+  (model.metre_prior > 0) from its training split, a row per voice, when not already set:
+  saved with the run's config, so that sampling never needs the data. Does nothing for other
+  configs."""
   m = config.model
   if (not voicegan.is_voice_model(config) or not m.get("metre_prior", 0)
       or tuple(m.get("onset_rates", ()))):

@@ -30,9 +30,9 @@ the first adds that weight times the log-prior of the note starts a choice makes
 the bar and voice (models/voices.metre_log_prior; `model.onset_rates`, a row per voice,
 measured on the training data when training starts and saved with the run): the network
 follows the phase of the rhythm around a cell more than the bar's, and without the prior
-samples start notes on any 16th. `model.onset_gain` (per voice, set by
-scripts/calibrate_onset_gain.py) raises the prior's chance of a note start on the strong steps
-of a voice that the low final temperature leaves sparser than the data.
+samples start notes on any 16th. `model.onset_gain` (per voice, set by `jaxgan export
+--calibrate` or scripts/calibrate_onset_gain.py) raises the prior's chance of a note start on
+the strong steps of a voice that the low final temperature leaves sparser than the data.
 """
 
 from __future__ import annotations
@@ -239,7 +239,8 @@ class VoiceModel:
     penalty = float(m.voice_leading_penalty)
     metre = float(m.metre_prior) if tuple(m.onset_rates) else 0.0
     rates = onset_rates_table(m.onset_rates, self.steps) if metre else None
-    gain = jnp.asarray(tuple(m.onset_gain), jnp.float32) if tuple(m.get("onset_gain", ())) else None
+    gains = tuple(m.get("onset_gain", ()))
+    gain = jnp.asarray(gains, jnp.float32) if gains else None
     vknown = known[..., list(layout.tracks)]
     shape = context.shape
     given_classes, given_restrike = voices_lib.classes_from_roll(layout, context)
