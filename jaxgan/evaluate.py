@@ -133,7 +133,10 @@ def calibrate_onset_gain(gen, *, split: str = "train", num: int = 64, iterations
       slope = np.where(moved, measured, slope)
     error = np.log(target) - n1
     step = np.where(np.abs(error) < 0.02, 0.0, np.clip(error / slope, -0.5, 0.5))
-    log_gain = np.clip(log_gain + step, 0.0, np.log(max_gain))
+    new_gain = np.clip(log_gain + step, 0.0, np.log(max_gain))
+    if np.allclose(new_gain, log_gain):
+      break        # every voice within 2 % of the data, or held at a bound: nothing to learn
+    log_gain = new_gain
   # The mean error over the voices: a voice already denser than the data keeps gain 1 but
   # grows a little with the others' notes, and must not veto their calibration.
   best = min(rows, key=lambda r: float(np.abs(np.log(np.asarray(r["notes_per_bar"]) / target))

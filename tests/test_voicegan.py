@@ -222,6 +222,10 @@ def test_calibrating_the_onset_gain_moves_density_toward_the_data(engine_state):
   target = density * np.asarray([1.5, 0.7])
   gain, rows = evaluate.calibrate_onset_gain(gen, num=16, iterations=2, target=target)
   assert len(rows) == 3 and len(gain) == engine.layout.num_voices
+  # Where no voice can move (one on target, one too dense at gain 1), it stops after a round.
+  _, still = evaluate.calibrate_onset_gain(gen, num=16, iterations=2,
+                                           target=density * np.asarray([1.0, 0.7]))
+  assert len(still) == 1
   assert gain[0] > 1.0 and all(r["gain"][1] == 1.0 for r in rows), rows
   denser = [r["notes_per_bar"][0] for r in rows]
   assert max(denser[1:]) > denser[0], rows
