@@ -265,8 +265,9 @@ def metre_log_prior(classes: Array, num_classes: int, rates: Array,
 
   Relative to a bar without metre (every step at the voice's mean rate): the network already
   knows how many notes a voice sings, so the prior moves note starts within the bar without
-  thinning them. `gain` [voices] multiplies the chance of every event of a voice: > 1 where
-  the sampler leaves a voice sparser than the data (`model.onset_gain`)."""
+  thinning them. `gain` [voices] multiplies the chance of an event of a voice at a step by
+  gain ** (the step's rate / the bar's highest rate): > 1 where the sampler leaves a voice
+  sparser than the data (`model.onset_gain`)."""
   t = classes.shape[1]
   rates = jnp.asarray(rates)
   mean = jnp.mean(rates, axis=-1, keepdims=True)

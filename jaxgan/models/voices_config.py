@@ -94,8 +94,8 @@ def check_config(config) -> None:
   gain = tuple(m.get("onset_gain", ()))
   if gain and (len(gain) != voices or not all(isinstance(g, (int, float)) and 0 < g <= 100
                                               for g in gain)):
-    raise ConfigError(f"model.onset_gain must hold {voices} factors > 0, one per voice, or be "
-                      f"empty (none); got {gain!r}")
+    raise ConfigError(f"model.onset_gain must hold {voices} factors in (0, 100], one per "
+                      f"voice, or be empty (none); got {gain!r}")
   for key in ("temperature", "final_temperature"):
     if not m.get(key, 1.0) > 0:
       raise ConfigError(f"model.{key}={m.get(key)!r} must be > 0")
