@@ -236,10 +236,11 @@ def test_calibrating_the_sampler_moves_density_and_rests_toward_the_data(engine_
   assert max(denser[1:]) > denser[0], rows
   error = [np.abs(np.log(np.asarray(r["notes_per_bar"]) / target)).mean() for r in rows]
   assert gain == rows[int(np.argmin(error))]["gain"]
-  # Where no gain can move (one voice on target, one too dense at gain 1) they stay put.
+  # Where nothing can move (one voice on target, one too dense at gain 1, rests on target),
+  # it stops after a round.
   _, still = evaluate.calibrate_sampler(gen, num=16, iterations=2, rest_target=rests,
                                         target=density * np.asarray([1.0, 0.7]))
-  assert len(still) == 3 and all(r["gain"] == (1.0, 1.0) for r in still), still
+  assert len(still) == 1
   # Four times the rests: the bias rises, and with it the rests sampled.
   settings, rows = evaluate.calibrate_sampler(gen, num=16, iterations=1, target=density,
                                               rest_target=min(max(4 * rests, 0.05), 0.5))
