@@ -84,14 +84,12 @@ def cmd_export(args, extra) -> int:
   gen = sample.Generator.from_workdir(args.workdir, use_ema=not args.no_ema, best=args.best)
   if args.calibrate:
     from jaxgan import evaluate  # pylint: disable=import-outside-toplevel
-    settings, rows = evaluate.calibrate_sampler(gen)
+    gain, rows = evaluate.calibrate_onset_gain(gen)
     for i, row in enumerate(rows):
       print(f"calibration round {i}: gain {row['gain']}, notes per bar {row['notes_per_bar']}"
-            f" (training split: {row['target']}); rest bias {row['rest_bias']}, rest share "
-            f"{row['rest_share']:.4f} ({row['rest_target']:.4f})")
-    for key, value in settings.items():
-      gen.config.model[key] = value
-      print(f"model.{key}={value}")
+            f" (training split: {row['target']})")
+    gen.config.model.onset_gain = gain
+    print(f"model.onset_gain={gain}")
   metrics = None
   if args.metrics:
     import json  # pylint: disable=import-outside-toplevel
@@ -448,9 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--best", action="store_true",
                  help="export the checkpoint kept by train.best_metric, not the latest")
   p.add_argument("--calibrate", action="store_true",
-                 help="voices models: set model.onset_gain and model.rest_bias so that free "
-                      "samples sing the training split's notes per bar and rest as often (a "
-                      "few minutes; needs the data set)")
+                 help="voices models: set model.onset_gain so that free samples sing the "
+                      "training split's notes per bar (a few minutes; needs the data set)")
   p.set_defaults(func=cmd_export)
 
   p = sub.add_parser("profile", help="time train steps: compile, p50/p90, FLOPs, MFU, trace")

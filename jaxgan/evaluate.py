@@ -81,75 +81,51 @@ def resolve_onset_rates(config) -> None:
     m.onset_rates = tuple(round(float(r), 4) for r in rates.reshape(-1))
 
 
-def with_sampler_settings(gen, **settings: Any):
-  """`gen` (a voices model) sampling with model.KEY=value for each of `settings`, the same
-  weights: e.g. with_sampler_settings(gen, **calibrate_sampler(gen)[0])."""
-  config = gen.config.copy_and_resolve_references()
-  with config.unlocked():
-    for key, value in settings.items():
-      config.model[key] = value
-  config_lib.validate(config)      # a bad value fails here, before any sampling compiles
-  return dataclasses.replace(gen, config=config,
-                             engine=voicegan.VoiceModel(config, gen.engine.mesh))
+def calibrate_onset_gain(gen, *, split: str = "train", num: int = 64, iterations: int = 3,
+                         seed: int = 0, max_gain: float = 4.0,
+                         target: Sequence[float] | None = None
+                         ) -> tuple[tuple[float, ...], list[dict[str, Any]]]:
+  """(model.onset_gain, rows): per-voice factors on the metre prior's chance of a note start
+  that bring the notes per bar of `num` free samples up to those of `split` (every excerpt
+  of the run's length, one bar apart; or `target`, notes per bar per voice), and one row per
+  sampling round (gain, notes per bar).
+  Gains stay in [1, max_gain]: the gain adds notes on the bar's strong steps
+  (voices.metre_log_prior); a voice a little denser than the data keeps gain 1, as a gain
+  below 1 would thin its notes on the beats, not the off-beat ones it has too many of.
 
-
-def calibrate_sampler(gen, *, split: str = "train", num: int = 64, iterations: int = 3,
-                      seed: int = 0, max_gain: float = 4.0,
-                      target: Sequence[float] | None = None, rest_target: float | None = None
-                      ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-  """({"onset_gain": per voice, "rest_bias": float}, rows): the sampler settings that bring
-  the notes per bar and the rest share of `num` free samples to those of `split` (every
-  excerpt of the run's length, one bar apart; or `target`, notes per bar per voice, and
-  `rest_target`, a share of cells), and one row per sampling round.
-
-  Gibbs sampling at a final temperature below 1 favours the likeliest choice. Inside a held
-  note that is to hold it, so the voices whose next note is least certain (a chorale's alto
-  and tenor) come out sparser than the data; and it makes rarer still what is rare, a
-  chorale's rests (its pickups and breaths, all voices together).
-  - `model.onset_gain` (per voice, in [1, max_gain]) adds notes on the bar's strong steps
-    (voices.metre_log_prior). A voice a little denser than the data keeps gain 1: a gain
-    below 1 would thin its notes on the beats, not the off-beat ones it has too many of.
-  - `model.rest_bias` (one for all voices, in [-3, 3]) is added to the logit of a rest.
-  Each round moves log(gain) along the slope of log(notes per bar) measured between the last
-  two rounds (a first guess before there are two), and the gain kept is that of the round
-  with the least mean log error over the voices; the bias is fitted to the rests of every
-  round together."""
+  Gibbs sampling at a final temperature below 1 favours the likeliest choice, which inside a
+  held note is to hold it: the voices whose next note is least certain (a chorale's alto and
+  tenor) come out sparser than the data. Each round moves log(gain) along the slope measured
+  between the last two rounds (a first guess before there are two); the round kept is the one
+  with the least mean error over the voices."""
   m = gen.engine.model_cfg
   if not voicegan.is_voice_model(gen.config) or not m.metre_prior or not tuple(m.onset_rates):
-    raise ValueError("the onset gain acts through the metre prior: calibrate a voices model "
-                     "with model.metre_prior > 0 and measured model.onset_rates")
+    raise ValueError("onset_gain acts through the metre prior: calibrate a voices model with "
+                     "model.metre_prior > 0 and measured model.onset_rates")
   spec = roll_spec(gen.config, gen.tracks)
-  if target is None or rest_target is None:
-    data = voice_metrics.statistics(voice_metrics.from_rolls(
-        split_windows(gen.config, split, hop_bars=1), spec))
-    target = data["notes_per_bar"] if target is None else target
-    rest_target = float(np.mean(data["rest_share"])) if rest_target is None else rest_target
+  if target is None:
+    target = voice_metrics.statistics(voice_metrics.from_rolls(
+        split_windows(gen.config, split, hop_bars=1), spec))["notes_per_bar"]
   target = np.asarray(target, np.float64)
-  # A share of the cells one sampling round can resolve: half a rest per sample.
-  floor = 0.5 / (num * gen.engine.steps * gen.engine.data_shape[0])
-  log_rest_target = np.log(max(float(rest_target), floor))
   log_gain = np.log(np.asarray(tuple(m.get("onset_gain", ())) or np.ones_like(target)))
-  bias = float(m.get("rest_bias", 0.0))
-  rows, history, rests = [], [], []
+  rows, history = [], []
   slope = np.full_like(target, 0.25 * float(m.metre_prior))
   for _ in range(iterations + 1):
-    trial = with_sampler_settings(
-        gen, onset_gain=tuple(round(float(g), 3) for g in np.exp(log_gain)),
-        rest_bias=round(bias, 3))
+    config = gen.config.copy_and_resolve_references()
+    config.model.onset_gain = tuple(round(float(g), 3) for g in np.exp(log_gain))
+    trial = dataclasses.replace(gen, config=config,
+                                engine=voicegan.VoiceModel(config, gen.engine.mesh))
     rolls = sample.sample(trial, jax.random.PRNGKey(seed), num)
-    stats = voice_metrics.statistics(voice_metrics.from_rolls(rolls, spec))
-    notes = np.asarray(stats["notes_per_bar"], np.float64)
-    rests.append((bias, float(np.mean(stats["rest_share"]))))
-    rows.append({"gain": trial.config.model.onset_gain, "rest_bias": round(bias, 3),
+    notes = np.asarray(voice_metrics.statistics(voice_metrics.from_rolls(rolls, spec))
+                       ["notes_per_bar"], np.float64)
+    rows.append({"gain": config.model.onset_gain,
                  "notes_per_bar": tuple(round(float(x), 3) for x in notes),
-                 "target": tuple(round(float(x), 3) for x in target),
-                 "rest_share": round(rests[-1][1], 5), "rest_target": round(float(rest_target), 5),
-                 "error": float(np.abs(np.log(notes / target)).mean())})
+                 "target": tuple(round(float(x), 3) for x in target)})
     history.append((log_gain.copy(), np.log(np.maximum(notes, 1e-3))))
     # log(notes) ~ a + slope * log(gain): the slope between the last two rounds where the
     # gain moved enough to measure it over the sampling noise, else 0.25 x the prior's weight
     # (what one chorale model showed); steps of at most x1.6, none within 2 % of the target.
-    g1, n1 = history[-1]
+    (g1, n1) = history[-1]
     if len(history) > 1:
       g0, n0 = history[-2]
       moved = np.abs(g1 - g0) > 0.1
@@ -158,24 +134,14 @@ def calibrate_sampler(gen, *, split: str = "train", num: int = 64, iterations: i
     error = np.log(target) - n1
     step = np.where(np.abs(error) < 0.02, 0.0, np.clip(error / slope, -0.5, 0.5))
     new_gain = np.clip(log_gain + step, 0.0, np.log(max_gain))
-    # log(rest share) ~ a + 1.2 x bias (the slope one chorale model showed, BENCHMARKS.md),
-    # `a` pooled over every round so far: one round's rests are a few pieces' pickups, too
-    # few to trust (64 samples of one model rested 0.9 % at one seed, 0.4 % in 256).
-    biases, shares = (np.asarray(x) for x in zip(*rests))
-    a = np.log(max(shares.sum(), floor * len(shares)) / np.exp(_REST_SLOPE * biases).sum())
-    new_bias = float(np.clip((log_rest_target - a) / _REST_SLOPE, -3.0, 3.0))
-    if abs(new_bias - bias) < 0.1:
-      new_bias = bias
-    if np.allclose(new_gain, log_gain) and new_bias == bias:
-      break        # on target, or held at a bound: nothing to learn
-    log_gain, bias = new_gain, new_bias
+    if np.allclose(new_gain, log_gain):
+      break        # every voice within 2 % of the data, or held at a bound: nothing to learn
+    log_gain = new_gain
   # The mean error over the voices: a voice already denser than the data keeps gain 1 but
   # grows a little with the others' notes, and must not veto their calibration.
-  best = min(rows, key=lambda r: r["error"])
-  return {"onset_gain": best["gain"], "rest_bias": round(new_bias, 3)}, rows
-
-
-_REST_SLOPE = 1.2
+  best = min(rows, key=lambda r: float(np.abs(np.log(np.asarray(r["notes_per_bar"]) / target))
+                                       .mean()))
+  return best["gain"], rows
 
 
 def _merged(rolls, spec) -> dict[str, np.ndarray]:

@@ -31,10 +31,8 @@ the bar and voice (models/voices.metre_log_prior; `model.onset_rates`, a row per
 measured on the training data when training starts and saved with the run): the network
 follows the phase of the rhythm around a cell more than the bar's, and without the prior
 samples start notes on any 16th. `model.onset_gain` (per voice, set by `jaxgan export
---calibrate` or scripts/calibrate_sampler.py) raises the prior's chance of a note start on
-the strong steps of a voice that the low final temperature leaves sparser than the data, and
-`model.rest_bias` (set there too) moves the logit of a rest, which that temperature makes
-rarer than the network predicts it.
+--calibrate` or scripts/calibrate_onset_gain.py) raises the prior's chance of a note start on
+the strong steps of a voice that the low final temperature leaves sparser than the data.
 """
 
 from __future__ import annotations
@@ -243,7 +241,6 @@ class VoiceModel:
     rates = onset_rates_table(m.onset_rates, self.steps) if metre else None
     gains = tuple(m.get("onset_gain", ()))
     gain = jnp.asarray(gains, jnp.float32) if gains else None
-    rest_bias = float(m.get("rest_bias", 0.0))
     vknown = known[..., list(layout.tracks)]
     shape = context.shape
     given_classes, given_restrike = voices_lib.classes_from_roll(layout, context)
@@ -276,8 +273,6 @@ class VoiceModel:
         # first round: the free cells around a cell hold no notes yet, only placeholders.
         logits = logits + metre * voices_lib.metre_log_prior(classes, layout.num_classes, rates,
                                                                    gain)
-      if rest_bias:
-        logits = logits.at[..., voices_lib.REST].add(rest_bias)
       new = jax.random.categorical(k1, logits / temperature)
       classes = jnp.where(redraw, new, classes)
       strike_logit = out["restrike"]

@@ -7,10 +7,7 @@ A seed passes when every voice's rest share is within 10 % of the data's, or wit
 of it (the target `jaxgan eval` uses: Bach rests ~1.5 % of the time), and no voice is silent.
 The data's figures are those of every validation excerpt of the run's length one bar apart, as
 training crops them (the windows that start each chorale hold its pickup's rests: ~5 %).
-`--evaluate-only` samples runs already trained under ROOT/seedN. `--calibrate` samples each run
-as `jaxgan export --calibrate` ships it: its sampler's note-start gain and rest bias set on the
-training split first (evaluate.calibrate_sampler), and the onset rates measured per voice
-where the run saved one shared row (runs from before per-voice rates).
+`--evaluate-only` samples runs already trained under ROOT/seedN.
 """
 
 from __future__ import annotations
@@ -29,18 +26,6 @@ from jaxgan import config as config_lib  # noqa: E402
 from jaxgan import evaluate, sample, train, voice_metrics  # noqa: E402
 
 
-def calibrated(gen: sample.Generator) -> sample.Generator:
-  m = gen.config.model
-  if len(tuple(m.onset_rates)) == gen.engine.steps:      # one row shared by the voices
-    config = gen.config.copy_and_resolve_references()
-    config.model.onset_rates = ()
-    evaluate.resolve_onset_rates(config)
-    gen = evaluate.with_sampler_settings(gen, onset_rates=config.model.onset_rates)
-  settings, _ = evaluate.calibrate_sampler(gen)
-  print(f"{gen.config.train.seed}: calibrated {settings}", flush=True)
-  return evaluate.with_sampler_settings(gen, **settings)
-
-
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--config", default="configs/jsb_chorale.py:demo")
@@ -49,9 +34,6 @@ def main() -> int:
   parser.add_argument("--num", type=int, default=64, help="samples per seed")
   parser.add_argument("--evaluate-only", action="store_true",
                       help="do not train: sample the runs already under ROOT/seedN")
-  parser.add_argument("--calibrate", action="store_true",
-                      help="calibrate each run's sampler on the training split first, as "
-                           "`jaxgan export --calibrate` does")
   parser.add_argument("overrides", nargs="*", help="--config.key=value")
   args = parser.parse_args()
   rows, real, spec = [], None, None
@@ -64,8 +46,6 @@ def main() -> int:
       train.train_and_evaluate(config, workdir, progress=False)
     minutes = (time.perf_counter() - t0) / 60
     gen = sample.Generator.from_workdir(workdir)
-    if args.calibrate:
-      gen = calibrated(gen)
     if real is None:
       real = evaluate.split_windows(gen.config, "validation", hop_bars=1)
       spec = evaluate.roll_spec(gen.config, gen.tracks)

@@ -87,7 +87,6 @@ def test_mask_kinds_come_in_their_shares():
     ("--config.model.onset_rates=(0.5, 0.5)", "model.onset_rates"),   # not one per step
     ("--config.model.onset_gain=(1.5,)", "model.onset_gain"),          # not one per voice
     ("--config.model.onset_gain=(1.5, 0.0)", "model.onset_gain"),
-    ("--config.model.rest_bias=20.0", "model.rest_bias"),
 ])
 def test_bad_voices_config_fails_naming_the_key(override, key):
   with pytest.raises(config_lib.ConfigError, match=key.replace(".", r"\.")):
@@ -203,7 +202,7 @@ def test_per_voice_rates_put_each_voice_s_starts_where_its_row_says(engine_state
   assert middle[1] > 0.4 and middle[1] > 2 * swapped_middle[1], (middle, swapped_middle)
 
 
-def test_calibrating_the_sampler_moves_density_and_rests_toward_the_data(engine_state):
+def test_calibrating_the_onset_gain_moves_density_toward_the_data(engine_state):
   from jaxgan import evaluate  # pylint: disable=import-outside-toplevel
   engine, state = engine_state
   steps = engine.steps
@@ -212,41 +211,28 @@ def test_calibrating_the_sampler_moves_density_and_rests_toward_the_data(engine_
   gen = sample_lib.Generator(config=config, engine=voicegan.VoiceModel(config, engine.mesh),
                              variables={"params": state["g_ema"], "batch_stats": {}}, step=0,
                              tracks=sample_lib.tracks_for(config))
-  settings, rows = evaluate.calibrate_sampler(gen, num=16, iterations=0)
-  assert len(rows) == 1 and settings["onset_gain"] == (1.0, 1.0) and rows[0]["rest_bias"] == 0
-  # The training split's figures by default. Its pieces never rest and the untrained model's
-  # do: after one round the bias fitted to them is already below 0.
-  assert rows[0]["rest_target"] == 0 < rows[0]["rest_share"] and settings["rest_bias"] < 0
-  data = voice_metrics.statistics(voice_metrics.from_rolls(
-      evaluate.split_windows(config, "train", hop_bars=1), evaluate.roll_spec(config, gen.tracks)))
-  np.testing.assert_allclose(rows[0]["target"], data["notes_per_bar"], atol=1e-3)
-  np.testing.assert_allclose(rows[0]["rest_target"], np.mean(data["rest_share"]), atol=1e-5)
-  # Here voice 0 should sing 1.5x what it does and voice 1 0.7x (a gain only adds notes, so
-  # voice 1 keeps gain 1), and the voices rest as often as they do.
+  _, rows = evaluate.calibrate_onset_gain(gen, num=16, iterations=0)
+  assert len(rows) == 1 and rows[0]["gain"] == (1.0, 1.0)
+  # The training split's density by default; here voice 0 should sing 1.5x what it does, and
+  # voice 1 0.7x: a gain only adds notes, so voice 1 keeps gain 1.
   density = np.asarray(rows[0]["notes_per_bar"])
-  rests = rows[0]["rest_share"]
+  np.testing.assert_allclose(rows[0]["target"], voice_metrics.statistics(voice_metrics.from_rolls(
+      evaluate.split_windows(config, "train", hop_bars=1),
+      evaluate.roll_spec(config, gen.tracks)))["notes_per_bar"], atol=1e-3)
   target = density * np.asarray([1.5, 0.7])
-  settings, rows = evaluate.calibrate_sampler(gen, num=16, iterations=2, target=target,
-                                              rest_target=rests)
-  gain = settings["onset_gain"]
+  gain, rows = evaluate.calibrate_onset_gain(gen, num=16, iterations=2, target=target)
   assert len(rows) == 3 and len(gain) == engine.layout.num_voices
-  assert rows[1]["gain"][0] > 1.0 and all(r["gain"][1] == 1.0 for r in rows), rows
-  assert rows[1]["rest_bias"] == 0.0, rows           # round 0 rested as asked
+  # Where no voice can move (one on target, one too dense at gain 1), it stops after a round.
+  _, still = evaluate.calibrate_onset_gain(gen, num=16, iterations=2,
+                                           target=density * np.asarray([1.0, 0.7]))
+  assert len(still) == 1
+  assert gain[0] > 1.0 and all(r["gain"][1] == 1.0 for r in rows), rows
   denser = [r["notes_per_bar"][0] for r in rows]
   assert max(denser[1:]) > denser[0], rows
   error = [np.abs(np.log(np.asarray(r["notes_per_bar"]) / target)).mean() for r in rows]
-  assert gain == rows[int(np.argmin(error))]["gain"]
-  # Where nothing can move (one voice on target, one too dense at gain 1, rests on target),
-  # it stops after a round.
-  _, still = evaluate.calibrate_sampler(gen, num=16, iterations=2, rest_target=rests,
-                                        target=density * np.asarray([1.0, 0.7]))
-  assert len(still) == 1
-  # Four times the rests: the bias rises, and with it the rests sampled.
-  settings, rows = evaluate.calibrate_sampler(gen, num=16, iterations=1, target=density,
-                                              rest_target=min(max(4 * rests, 0.05), 0.5))
-  assert rows[1]["rest_bias"] > 0 and rows[1]["rest_share"] > rests, rows
+  assert tuple(gain) == rows[int(np.argmin(error))]["gain"]
   with pytest.raises(ValueError, match="metre prior"):
-    evaluate.calibrate_sampler(sample_lib.Generator(
+    evaluate.calibrate_onset_gain(sample_lib.Generator(
         config=tiny(), engine=engine, variables=gen.variables, step=0, tracks=gen.tracks))
 
 
@@ -339,15 +325,13 @@ def test_export_loads_without_training_state_and_samples_the_same(tmp_path):
   a = sample_lib.sample(full, jax.random.PRNGKey(4), 3)
   b = sample_lib.sample(alone, jax.random.PRNGKey(4), 3)
   np.testing.assert_array_equal(a, b)
-  # --calibrate writes a note-density gain per voice (never below 1: a gain only adds notes)
-  # and a rest bias into the export's config, and the export samples with them.
+  # --calibrate writes a note-density gain per voice into the export's config (never below 1:
+  # a gain only adds notes), and the export samples with it.
   calibrated = str(tmp_path / "calibrated")
   assert cli.main(["export", "--workdir", workdir, "--out", calibrated, "--calibrate"]) == 0
-  model = sample_lib.Generator.from_workdir(calibrated).config.model
-  assert len(model.onset_gain) == 2 and min(model.onset_gain) >= 1.0
-  assert isinstance(model.rest_bias, float) and -3.0 <= model.rest_bias <= 3.0
-  run = config_lib.load_run_config(workdir).model                          # the run's own
-  assert tuple(run.onset_gain) == () and run.rest_bias == 0.0
+  gain = tuple(sample_lib.Generator.from_workdir(calibrated).config.model.onset_gain)
+  assert len(gain) == 2 and min(gain) >= 1.0
+  assert tuple(config_lib.load_run_config(workdir).model.onset_gain) == ()   # the run's own
   # A damaged weights file is refused with its name.
   with open(os.path.join(out, "generator.msgpack"), "r+b") as f:
     f.truncate(100)

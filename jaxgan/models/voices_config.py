@@ -41,7 +41,6 @@ def model_config() -> ml_collections.ConfigDict:
                                 # per voice one after another (or one row for all), measured
                                 # from the training data when training starts
   m.onset_gain = ()             # per voice, a factor on the prior's chance of a note start
-  m.rest_bias = 0.0             # added to every voice's logit of a rest when sampling
   return m
 
 
@@ -97,10 +96,6 @@ def check_config(config) -> None:
                                               for g in gain)):
     raise ConfigError(f"model.onset_gain must hold {voices} factors in (0, 100], one per "
                       f"voice, or be empty (none); got {gain!r}")
-  rest_bias = m.get("rest_bias", 0.0)
-  if not isinstance(rest_bias, (int, float)) or not -10 <= rest_bias <= 10:
-    raise ConfigError(f"model.rest_bias={rest_bias!r} must be a number in [-10, 10] "
-                      "(0: the network's own rate of rests)")
   for key in ("temperature", "final_temperature"):
     if not m.get(key, 1.0) > 0:
       raise ConfigError(f"model.{key}={m.get(key)!r} must be > 0")

@@ -1,10 +1,9 @@
-"""Calibrates a voices model's sampler: per-voice factors (model.onset_gain) on the metre prior's
-chance of a note start and a bias on the logit of a rest (model.rest_bias), so that free
-samples sing as many notes per bar as the training split and rest as often. Prints one row
-per sampling round; with --write, saves the best settings in the run's (or export's)
-config.json. `jaxgan export --calibrate` does the same for an export.
+"""Calibrates a voices model's note density: per-voice factors (model.onset_gain) on the metre
+prior's chance of a note start, so that free samples sing as many notes per bar as the
+training split. Prints one row per sampling round; with --write, saves the best gain in the
+run's (or export's) config.json.
 
-    python scripts/calibrate_sampler.py --workdir runs/jsb_chorale --write
+    python scripts/calibrate_onset_gain.py --workdir runs/jsb_chorale --write
 
 A run saved before per-voice onset rates existed: add --per-voice-rates (they are measured
 again from the training split first; needs the data set).
@@ -33,8 +32,7 @@ def main() -> int:
   parser.add_argument("--num", type=int, default=64, help="free samples per round")
   parser.add_argument("--iterations", type=int, default=3, help="rounds after the first")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--write", action="store_true",
-                      help="save the settings in config.json")
+  parser.add_argument("--write", action="store_true", help="save the gain in config.json")
   parser.add_argument("--per-voice-rates", action="store_true",
                       help="first measure model.onset_rates again, a row per voice (runs "
                            "saved before per-voice rates have one row for all voices)")
@@ -48,21 +46,17 @@ def main() -> int:
           f"{args.workdir}/config.json")
   gen = sample.Generator.from_workdir(args.workdir)
   t0 = time.perf_counter()
-  settings, rows = evaluate.calibrate_sampler(gen, split=args.split, num=args.num,
-                                              iterations=args.iterations, seed=args.seed)
-  print(f"{'round':>5}  {'gain S A T B':>27}  {'notes/bar':>27}  {'target':>27}  "
-        f"{'rest bias':>9}  {'rest share':>10}  {'target':>7}")
+  gain, rows = evaluate.calibrate_onset_gain(gen, split=args.split, num=args.num,
+                                             iterations=args.iterations, seed=args.seed)
+  print(f"{'round':>5}  {'gain S A T B':>27}  {'notes/bar':>27}  {'target':>27}")
   for i, row in enumerate(rows):
     print(f"{i:5d}  {' '.join(f'{x:6.3f}' for x in row['gain']):>27}  "
           f"{' '.join(f'{x:6.3f}' for x in row['notes_per_bar']):>27}  "
-          f"{' '.join(f'{x:6.3f}' for x in row['target']):>27}  {row['rest_bias']:9.3f}  "
-          f"{row['rest_share']:10.4f}  {row['rest_target']:7.4f}")
-  print(f"best: {', '.join(f'model.{k}={v}' for k, v in settings.items())}  "
-        f"({time.perf_counter() - t0:.0f} s)")
+          f"{' '.join(f'{x:6.3f}' for x in row['target']):>27}")
+  print(f"best: model.onset_gain={gain}  ({time.perf_counter() - t0:.0f} s)")
   if args.write:
     config = config_lib.load_run_config(args.workdir)
-    for key, value in settings.items():
-      config.model[key] = value
+    config.model.onset_gain = gain
     config_lib.save_run_config(config, args.workdir)
     print(f"wrote {args.workdir}/config.json")
   return 0
