@@ -81,6 +81,17 @@ def resolve_onset_rates(config) -> None:
     m.onset_rates = tuple(round(float(r), 4) for r in rates.reshape(-1))
 
 
+def with_model_settings(gen, **settings: Any):
+  """`gen` (a voices model) sampling with model.KEY=value for each of `settings`, the same
+  weights: e.g. another onset gain or onset rates."""
+  config = gen.config.copy_and_resolve_references()
+  with config.unlocked():
+    for key, value in settings.items():
+      config.model[key] = value
+  return dataclasses.replace(gen, config=config,
+                             engine=voicegan.VoiceModel(config, gen.engine.mesh))
+
+
 def calibrate_onset_gain(gen, *, split: str = "train", num: int = 64, iterations: int = 3,
                          seed: int = 0, max_gain: float = 4.0,
                          target: Sequence[float] | None = None
@@ -111,14 +122,12 @@ def calibrate_onset_gain(gen, *, split: str = "train", num: int = 64, iterations
   rows, history = [], []
   slope = np.full_like(target, 0.25 * float(m.metre_prior))
   for _ in range(iterations + 1):
-    config = gen.config.copy_and_resolve_references()
-    config.model.onset_gain = tuple(round(float(g), 3) for g in np.exp(log_gain))
-    trial = dataclasses.replace(gen, config=config,
-                                engine=voicegan.VoiceModel(config, gen.engine.mesh))
+    trial = with_model_settings(
+        gen, onset_gain=tuple(round(float(g), 3) for g in np.exp(log_gain)))
     rolls = sample.sample(trial, jax.random.PRNGKey(seed), num)
     notes = np.asarray(voice_metrics.statistics(voice_metrics.from_rolls(rolls, spec))
                        ["notes_per_bar"], np.float64)
-    rows.append({"gain": config.model.onset_gain,
+    rows.append({"gain": trial.config.model.onset_gain,
                  "notes_per_bar": tuple(round(float(x), 3) for x in notes),
                  "target": tuple(round(float(x), 3) for x in target)})
     history.append((log_gain.copy(), np.log(np.maximum(notes, 1e-3))))

@@ -19,7 +19,6 @@ run saved one shared row (runs from before per-voice rates).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -30,7 +29,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxgan import config as config_lib  # noqa: E402
-from jaxgan import evaluate, sample, train, voice_metrics, voicegan  # noqa: E402
+from jaxgan import evaluate, sample, train, voice_metrics  # noqa: E402
 
 
 def calibrated(gen: sample.Generator) -> sample.Generator:
@@ -39,20 +38,10 @@ def calibrated(gen: sample.Generator) -> sample.Generator:
     config = gen.config.copy_and_resolve_references()
     config.model.onset_rates = ()
     evaluate.resolve_onset_rates(config)
-    gen = _with_model(gen, onset_rates=config.model.onset_rates)
+    gen = evaluate.with_model_settings(gen, onset_rates=config.model.onset_rates)
   gain, _ = evaluate.calibrate_onset_gain(gen)
   print(f"{gen.config.train.seed}: calibrated model.onset_gain={gain}", flush=True)
-  return _with_model(gen, onset_gain=gain)
-
-
-def _with_model(gen: sample.Generator, **settings) -> sample.Generator:
-  """`gen` sampling with model.KEY=value for each of `settings`, the same weights."""
-  config = gen.config.copy_and_resolve_references()
-  with config.unlocked():
-    for key, value in settings.items():
-      config.model[key] = value
-  return dataclasses.replace(gen, config=config,
-                             engine=voicegan.VoiceModel(config, gen.engine.mesh))
+  return evaluate.with_model_settings(gen, onset_gain=gain)
 
 
 def main() -> int:
@@ -94,7 +83,8 @@ def main() -> int:
     ok = bool((np.abs(rest - ref) <= slack).all() and (rest < 0.5).all())
     rows.append((seed, minutes, rest, np.asarray(stats["notes_per_bar"]), ok))
   print(f"{'seed':>4} {'min':>5}  {'rest share S A T B':>27}  {'notes/bar S A T B':>23}  ok")
-  print(f"{args.reference[:5]:>5}{'':>5}  {' '.join(f'{x:6.3f}' for x in data['rest_share']):>27}  "
+  print(f"{args.reference[:5]:>5}{'':>5}  "
+        f"{' '.join(f'{x:6.3f}' for x in data['rest_share']):>27}  "
         f"{' '.join(f'{x:5.2f}' for x in data['notes_per_bar']):>23}")
   for seed, minutes, rest, notes, ok in rows:
     print(f"{seed:4d} {minutes:5.1f}  {' '.join(f'{x:6.3f}' for x in rest):>27}  "
