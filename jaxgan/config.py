@@ -96,9 +96,6 @@ def base_config() -> ConfigDict:
   c.loss.gumbel_beta_max = 100.0     # straight-through Gumbel-softmax: inverse temperature
   c.loss.gumbel_anneal_steps = 10_000  # rises 1 -> beta_max geometrically over these steps
   c.loss.mask_shares = (0.4, 0.3, 0.2, 0.1)  # cells, bars, voices, all: mask kinds per example
-  c.loss.unroll_weight = 0.0         # cross-entropy on the model's own drafts, one Gibbs
-  c.loss.unroll_from_step = 0        # round unrolled (voicegan.train_step), from this step on;
-  c.loss.unroll_share = (0.1, 0.9)   # the share of drafted cells hidden again, per example
 
   c.g_optim = optim_config(1e-3)
   c.d_optim = optim_config(1e-3)

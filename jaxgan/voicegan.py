@@ -441,30 +441,6 @@ def train_step(model: VoiceModel, txs: Optimizers, state: State, batch: dict[str
     poly = jnp.where(known_cells, real_on, jax.nn.sigmoid(out["poly"]))
     return model.soft_piece(probs, poly, roll)
 
-  def unrolled_cross_entropy(g, out):
-    """The cross-entropy of Bach's cells under a context the sampler would give: the hidden
-    cells filled with the model's own draw, a random share of them hidden again (one Gibbs
-    round, as SUNDAE's unrolled denoising trains). Trained on real contexts alone, the network
-    never sees its own drafts, whose fragments later rounds then keep."""
-    k_draw, k_strike, k_share, k_hide, k_poly = jax.random.split(
-        jax.random.fold_in(state["rng"], 1), 5)
-    first = jax.lax.stop_gradient(out)
-    hidden = ~vknown
-    own = jnp.where(hidden, jax.random.categorical(k_draw, first["logits"]), classes)
-    own_restrike = jnp.where(
-        hidden, jax.random.bernoulli(k_strike, jax.nn.sigmoid(first["restrike"])), restrike)
-    lo, hi = lc.unroll_share
-    share = jax.random.uniform(k_share, [b, 1, 1], minval=lo, maxval=hi)
-    redraw = hidden & (jax.random.uniform(k_hide, hidden.shape) < share)
-    poly_on = jnp.where(known_cells, roll > 0,
-                        jax.random.bernoulli(k_poly, jax.nn.sigmoid(first["poly"])))
-    draft = voices_lib.roll_from_classes(layout, own, own_restrike, roll.shape,
-                                         base=poly_on.astype(jnp.uint8))
-    known2 = known.at[..., vtracks].set(~redraw)
-    cond2 = dict(cond, context=draft, known=model.known_in_bars(known2))
-    out2 = model.generator.apply({"params": g}, z, cond2)
-    return voices_lib.masked_cross_entropy(out2["logits"], classes, redraw)[0]
-
   def g_loss_fn(g):
     out = model.generator.apply({"params": g}, z, cond)
     ce, ce_cell = voices_lib.masked_cross_entropy(out["logits"], classes, ~vknown)
@@ -488,12 +464,6 @@ def train_step(model: VoiceModel, txs: Optimizers, state: State, batch: dict[str
     aux["pred_rest_share"] = (rest * hidden).sum() / jnp.maximum(hidden.sum(), 1.0)
     aux["true_rest_share"] = ((classes == voices_lib.REST) * hidden).sum() / jnp.maximum(
         hidden.sum(), 1.0)
-    if lc.unroll_weight:
-      # Only from loss.unroll_from_step on: lax.cond skips the second pass before then.
-      unroll_ce = jax.lax.cond(state["step"] >= lc.unroll_from_step,
-                               lambda: unrolled_cross_entropy(g, out), lambda: jnp.float32(0.0))
-      loss = loss + lc.recon_weight * lc.unroll_weight * unroll_ce
-      aux["unroll_ce"] = unroll_ce
     fake = None
     if model.adversarial:
       fake = fake_piece(out)

@@ -87,9 +87,6 @@ def test_mask_kinds_come_in_their_shares():
     ("--config.model.onset_rates=(0.5, 0.5)", "model.onset_rates"),   # not one per step
     ("--config.model.onset_gain=(1.5,)", "model.onset_gain"),          # not one per voice
     ("--config.model.onset_gain=(1.5, 0.0)", "model.onset_gain"),
-    ("--config.loss.unroll_weight=-1.0", "loss.unroll_weight"),
-    ("--config.loss.unroll_from_step=-5", "loss.unroll_from_step"),
-    ("--config.loss.unroll_share=(0.5, 0.2)", "loss.unroll_share"),
 ])
 def test_bad_voices_config_fails_naming_the_key(override, key):
   with pytest.raises(config_lib.ConfigError, match=key.replace(".", r"\.")):
@@ -310,32 +307,6 @@ def test_adversarial_step_updates_the_critic(critic_input):
   changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
                          d_before, jax.device_get(state["d"]))
   assert all(jax.tree.leaves(changed))
-
-
-def test_unrolled_term_trains_on_the_model_s_own_drafts_from_its_step_on():
-  from jaxgan.data import pipeline  # pylint: disable=import-outside-toplevel
-  config = tiny("--config.loss.unroll_weight=1.0", "--config.loss.unroll_from_step=1")
-  engine = voicegan.VoiceEngine(config, sharding.make_mesh(devices=jax.devices()[:1]))
-  plain = voicegan.VoiceEngine(tiny(), engine.mesh)
-  batch = next(pipeline.train_iterator(config, engine.mesh))
-  state = engine.init(jax.random.PRNGKey(0))
-  # Before its step the term is skipped: the step is the plain one, to the bit.
-  s_unroll, m0 = engine.step(state, batch)
-  s_plain, _ = plain.step(plain.init(jax.random.PRNGKey(0)), batch)
-  assert float(m0["unroll_ce"]) == 0.0
-  same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), jax.device_get(s_unroll["g"]),
-                      jax.device_get(s_plain["g"]))
-  assert all(jax.tree.leaves(same))
-  # From its step on: a cross-entropy over the redrawn cells, near log(classes) at init, and
-  # the generator's update differs from the plain step's.
-  s_unroll, m1 = engine.step(s_unroll, batch)
-  s_plain, _ = plain.step(s_plain, batch)
-  ce = float(m1["unroll_ce"])
-  assert 0.5 * np.log(engine.layout.num_classes) < ce < 2.0 * np.log(engine.layout.num_classes)
-  assert float(m1["g_loss"]) > float(m1["ce"]) + 0.5 * ce
-  differ = jax.tree.map(lambda a, b: bool(np.any(a != b)), jax.device_get(s_unroll["g"]),
-                        jax.device_get(s_plain["g"]))
-  assert any(jax.tree.leaves(differ))
 
 
 # --- export and the shipped model ----------------------------------------------------------------

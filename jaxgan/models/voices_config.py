@@ -112,17 +112,6 @@ def check_config(config) -> None:
   if not lc.recon_weight + lc.adv_weight > 0:
     raise ConfigError("loss.recon_weight and loss.adv_weight are both 0: nothing "
                                  "to learn")
-  unroll = lc.get("unroll_weight", 0.0)
-  if isinstance(unroll, bool) or not isinstance(unroll, (int, float)) or not unroll >= 0:
-    raise ConfigError(f"loss.unroll_weight={unroll!r} must be a number >= 0 (0 turns it off)")
-  start = lc.get("unroll_from_step", 0)
-  if isinstance(start, bool) or not isinstance(start, int) or start < 0:
-    raise ConfigError(f"loss.unroll_from_step={start!r} must be an integer >= 0")
-  share = tuple(lc.get("unroll_share", (0.1, 0.9)))
-  if (len(share) != 2 or not all(isinstance(v, (int, float)) for v in share)
-      or not 0 < share[0] <= share[1] <= 1):
-    raise ConfigError(f"loss.unroll_share={share!r} must be (low, high) with "
-                      "0 < low <= high <= 1")
   if lc.critic_input not in CRITIC_INPUTS:
     raise ConfigError(f"loss.critic_input={lc.critic_input!r} is not one of "
                                  f"{CRITIC_INPUTS}")
