@@ -33,9 +33,6 @@ follows the phase of the rhythm around a cell more than the bar's, and without t
 samples start notes on any 16th. `model.onset_gain` (per voice, set by `jaxgan export
 --calibrate` or scripts/calibrate_onset_gain.py) raises the prior's chance of a note start on
 the strong steps of a voice that the low final temperature leaves sparser than the data.
-`model.short_note_penalty` (per voice) lowers, in every draw after the first, the logit of a
-choice by that much per note one step long it would leave around the cell
-(models/voices.short_note_counts).
 """
 
 from __future__ import annotations
@@ -242,8 +239,6 @@ class VoiceModel:
     penalty = float(m.voice_leading_penalty)
     metre = float(m.metre_prior) if tuple(m.onset_rates) else 0.0
     rates = onset_rates_table(m.onset_rates, self.steps) if metre else None
-    shorts = tuple(m.get("short_note_penalty", ()))
-    short = jnp.asarray(shorts, jnp.float32)[None, None, :, None] if any(shorts) else None
     gains = tuple(m.get("onset_gain", ()))
     gain = jnp.asarray(gains, jnp.float32) if gains else None
     vknown = known[..., list(layout.tracks)]
@@ -263,8 +258,7 @@ class VoiceModel:
         c["style"] = style
       return self.generator.apply({"params": params}, z, c)
 
-    def draw(out, k, redraw, classes, restrike, poly_on, temperature, metre=metre,
-             short=short):
+    def draw(out, k, redraw, classes, restrike, poly_on, temperature, metre=metre):
       k1, k2, k3 = jax.random.split(k, 3)
       logits = out["logits"]
       if penalty:
@@ -279,10 +273,6 @@ class VoiceModel:
         # first round: the free cells around a cell hold no notes yet, only placeholders.
         logits = logits + metre * voices_lib.metre_log_prior(classes, layout.num_classes, rates,
                                                                    gain)
-      if short is not None:
-        # Bach's outer voices almost never sing a 16th (0.7-0.8 % of their notes, the inner
-        # voices' passing notes 6-7 %); the network writes them 5x as often there.
-        logits = logits - short * voices_lib.short_note_counts(classes, layout.num_classes)
       new = jax.random.categorical(k1, logits / temperature)
       classes = jnp.where(redraw, new, classes)
       strike_logit = out["restrike"]
@@ -303,7 +293,7 @@ class VoiceModel:
     k0, key = jax.random.split(key)
     out = predict(classes, restrike, poly_on, vknown)
     classes, restrike, poly_on = draw(out, k0, free, classes, restrike, poly_on, temperature,
-                                      metre=0.0, short=None)
+                                      metre=0.0)
 
     def body(i, carry):
       classes, restrike, poly_on = carry

@@ -244,32 +244,6 @@ def test_onset_rates_per_voice_keep_each_voice_apart():
   np.testing.assert_allclose(shared, np.clip(rates.mean(0), 1e-3, 1 - 1e-3), atol=1e-3)
 
 
-def _one_step_notes(line: np.ndarray) -> np.ndarray:
-  """bool per step of one voice's classes: a note (not a rest) of one step starts there, with
-  both of its neighbours inside the line (a note at an edge has no known length)."""
-  out = np.zeros(len(line), bool)
-  for t in range(1, len(line) - 1):
-    out[t] = line[t] != voices.REST and line[t] != line[t - 1] and line[t] != line[t + 1]
-  return out
-
-
-def test_short_note_counts_agree_with_counting_the_notes():
-  """For every cell and every choice there, the count equals the one-step notes at t-1, t and
-  t+1 of the line after the choice, counted directly."""
-  rng = np.random.default_rng(5)
-  steps, num_classes = 9, 5
-  classes = rng.integers(0, num_classes, (2, steps, 2))
-  counts = np.asarray(voices.short_note_counts(jnp.asarray(classes), num_classes))
-  for b in range(2):
-    for v in range(2):
-      for t in range(steps):
-        for c in range(num_classes):
-          line = classes[b, :, v].copy()
-          line[t] = c
-          expected = _one_step_notes(line)[max(t - 1, 0):t + 2].sum()
-          assert counts[b, t, v, c] == expected, (b, t, v, c)
-
-
 def test_metre_prior_per_voice_reads_each_voice_its_own_rates():
   a, b = 3, 7
   one = jnp.asarray([[a, a, a, a, b, b, b, b]])                       # [1, T=8]

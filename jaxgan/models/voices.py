@@ -228,25 +228,6 @@ def parallel_perfect_counts(layout: VoiceLayout, classes: Array) -> Array:
   return count
 
 
-def short_note_counts(classes: Array, num_classes: int) -> Array:
-  """float [B, T, V, C]: for each cell (step t, voice v) and each class it could take, how many
-  notes one step long (16ths in the chorales) that choice would leave at t-1, t and t+1 with
-  the voice as `classes` [B, T, V] has it. A note is a run of one pitch (restrikes are not
-  counted: the standard split cannot mark them); notes that touch the window's edges are not
-  counted, their length being unknown."""
-  t = classes.shape[1]
-  cand = jnp.arange(num_classes)[None, None, None, :]              # [1, 1, 1, C]
-  before, after = neighbours(classes, -1)
-  before2, _ = neighbours(before, -1)
-  _, after2 = neighbours(after, -1)
-  step = jnp.arange(t)[None, :, None, None]
-  b, a, b2, a2 = (x[..., None] for x in (before, after, before2, after2))
-  here = (cand != REST) & (cand != b) & (cand != a) & (step >= 1) & (step <= t - 2)
-  left = (b != REST) & (b != b2) & (b != cand) & (step >= 2)
-  right = (a != REST) & (a != a2) & (a != cand) & (step <= t - 3)
-  return here.astype(jnp.float32) + left.astype(jnp.float32) + right.astype(jnp.float32)
-
-
 def onset_rates(layout: VoiceLayout, rolls: np.ndarray, steps_per_bar: int, *,
                 per_voice: bool = False) -> np.ndarray:
   """float [steps_per_bar], or [voices, steps_per_bar] with `per_voice`: the share of voice

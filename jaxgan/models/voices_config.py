@@ -41,8 +41,6 @@ def model_config() -> ml_collections.ConfigDict:
                                 # per voice one after another (or one row for all), measured
                                 # from the training data when training starts
   m.onset_gain = ()             # per voice, a factor on the prior's chance of a note start
-  m.short_note_penalty = ()     # per voice, a logit penalty per one-step note a draw would
-                                # leave (16ths; empty or zeros = none)
   return m
 
 
@@ -98,11 +96,6 @@ def check_config(config) -> None:
                                               for g in gain)):
     raise ConfigError(f"model.onset_gain must hold {voices} factors in (0, 100], one per "
                       f"voice, or be empty (none); got {gain!r}")
-  short = tuple(m.get("short_note_penalty", ()))
-  if short and (len(short) != voices or not all(
-      isinstance(p, (int, float)) and not isinstance(p, bool) and 0 <= p <= 100 for p in short)):
-    raise ConfigError(f"model.short_note_penalty must hold {voices} penalties in [0, 100], one "
-                      f"per voice, or be empty (none); got {short!r}")
   for key in ("temperature", "final_temperature"):
     if not m.get(key, 1.0) > 0:
       raise ConfigError(f"model.{key}={m.get(key)!r} must be > 0")
