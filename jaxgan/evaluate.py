@@ -235,6 +235,18 @@ def fill_windows(gen, windows: np.ndarray, known: np.ndarray, key: jax.Array, *,
   return np.concatenate(out)
 
 
+def restoration_fill(gen, windows: np.ndarray, *, seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """(hidden bool [N, T, tracks], uint8 rolls): the restoration task of `jaxgan eval --seed
+  SEED`, 2 consecutive bars of every voice hidden at a random position of each window (never
+  the first bar), filled by the voices model. Scripts that set baselines beside it
+  (scripts/restoration_baselines.py) use the same hidden bars."""
+  n, bars, steps, _, tracks = windows.shape
+  hidden = voice_metrics.bar_span_mask(n, bars, steps, tracks, span=2, seed=seed, first=1)
+  filled = fill_windows(gen, windows, ~hidden, jax.random.fold_in(jax.random.PRNGKey(seed), 1))
+  return hidden, filled
+
+
 def evaluate_voices(gen, *, split: str = "test", num: int = 64, seed: int = 0,
                     restoration: bool = True, accompaniment: bool = True) -> dict[str, Any]:
   """The chorale figures of a voices model against the held-out `split`:
@@ -276,8 +288,7 @@ def evaluate_voices(gen, *, split: str = "test", num: int = 64, seed: int = 0,
   truth = voice_metrics.from_rolls(real, spec)
   n, bars, steps, _, tracks = real.shape
   if restoration and bars >= 3:
-    hidden = voice_metrics.bar_span_mask(n, bars, steps, tracks, span=2, seed=seed, first=1)
-    filled = fill_windows(gen, real, ~hidden, jax.random.fold_in(key, 1))
+    hidden, filled = restoration_fill(gen, real, seed=seed)
     rest = voice_metrics.restoration_report(
         truth, {"model (Gibbs)": voice_metrics.from_rolls(filled, spec)}, hidden,
         onsets_at_changes=True)

@@ -53,21 +53,22 @@ def main() -> int:
   gen = sample.Generator.from_workdir(args.workdir or sample.pretrained_path("jsb"))
   spec = evaluate.roll_spec(gen.config, gen.tracks)
   real = evaluate.split_windows(gen.config, args.split)
-  n, bars, steps, _, tracks = real.shape
-  # The same windows, hidden bars and key as `jaxgan eval --seed SEED`.
-  hidden = voice_metrics.bar_span_mask(n, bars, steps, tracks, span=2, seed=args.seed, first=1)
-  key = jax.random.PRNGKey(args.seed)
+  n, bars = real.shape[:2]
   timings = {}
   start = time.perf_counter()
-  filled = {"voices model (Gibbs)": voice_metrics.from_rolls(
-      evaluate.fill_windows(gen, real, ~hidden, jax.random.fold_in(key, 1)), spec)}
+  # The same windows, hidden bars and key as `jaxgan eval --seed SEED`.
+  hidden, gibbs = evaluate.restoration_fill(gen, real, seed=args.seed)
+  filled = {"voices model (Gibbs)": voice_metrics.from_rolls(gibbs, spec)}
   timings["voices model (Gibbs)"] = time.perf_counter() - start
+  key = jax.random.PRNGKey(args.seed)
   if args.latent_run:
     latent = sample.Generator.from_workdir(args.latent_run)
-    if latent.config.data.num_pitches != gen.config.data.num_pitches or (
-        latent.config.data.lowest_pitch != gen.config.data.lowest_pitch):
-      print(f"{args.latent_run}: its piano-roll rows differ from the voices model's",
-            file=sys.stderr)
+    grid = ("num_pitches", "lowest_pitch", "steps_per_beat", "meter")
+    differ = [k for k in grid if tuple(np.atleast_1d(latent.config.data[k])) !=
+              tuple(np.atleast_1d(gen.config.data[k]))]
+    if differ:
+      print(f"{args.latent_run}: its grid differs from the voices model's in data."
+            f"{', data.'.join(differ)}", file=sys.stderr)
       return 2
     start = time.perf_counter()
     name = f"latent search ({args.candidates} latents)"
