@@ -480,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
   unknown = _unknown_arguments(args, extra)
   if unknown:  # argparse's convention: usage and the error, exit status 2
     args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+  from jaxgan import runtime  # pylint: disable=import-outside-toplevel
+  runtime.skip_absent_tpu()
   from jaxgan.config import ConfigError  # pylint: disable=import-outside-toplevel
   from jaxgan.lock import WorkdirBusy  # pylint: disable=import-outside-toplevel
   from jaxgan.errors import NonFiniteError  # pylint: disable=import-outside-toplevel

@@ -158,3 +158,25 @@ class StopSignal:
   def __exit__(self, *exc) -> None:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+
+
+def skip_absent_tpu() -> bool:
+  """Keeps JAX from starting libtpu where no TPU chip is attached; True if it was kept.
+
+  With libtpu installed (the `test` and `tpu` extras bring it, for `jaxgan compile`), JAX tries
+  a TPU backend on every machine: on one without TPUs that fails quietly, but libtpu first
+  prints "could not determine TPU accelerator type" and an INVALID_ARGUMENT error on every
+  command, which read as a failure. `JAX_PLATFORMS`, when set, is left to decide; compiles for
+  TPU topologies (`jaxgan compile`) load libtpu on their own and still work. Call it before
+  anything touches a backend.
+  """
+  if os.environ.get("JAX_PLATFORMS") or os.environ.get("JAX_FORCE_TPU_INIT"):
+    return False
+  try:
+    from jax._src import hardware_utils, xla_bridge  # pylint: disable=import-outside-toplevel
+    if hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0:
+      return False
+    factories = xla_bridge._backend_factories  # pylint: disable=protected-access
+  except (ImportError, AttributeError, OSError):  # another JAX: leave it as it is
+    return False
+  return factories.pop("tpu", None) is not None

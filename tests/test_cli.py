@@ -2,6 +2,7 @@
 
 import argparse
 import importlib.metadata
+import importlib.util
 import json
 import os
 import subprocess
@@ -237,3 +238,24 @@ def test_samples_that_cannot_be_written_are_one_line(run, tmp_path, capsys):
                    "--out", str(blocker / "samples")]) == 1
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and str(blocker) in err, err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="needs libtpu installed")
+def test_commands_do_not_start_libtpu_without_a_tpu():
+  from jax._src import hardware_utils  # pylint: disable=import-outside-toplevel
+  if hardware_utils.num_available_tpu_chips_and_device_id()[0]:
+    pytest.skip("a TPU is attached: libtpu is meant to start")
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  code = ("from jaxgan import runtime; {call}; import jax; "
+          "print(jax.devices()[0].platform)")
+
+  def stderr_of(call: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code.format(call=call)], env=env,
+                          capture_output=True, text=True, timeout=300, check=True)
+    assert done.stdout.split()[-1] in ("cpu", "gpu"), done.stdout
+    return done.stderr
+
+  # Left alone, JAX starts libtpu, which prints an error on a machine without TPUs; the
+  # commands skip it (cli.main calls runtime.skip_absent_tpu first).
+  assert "TPU_WORKER_HOSTNAMES" in stderr_of("pass")
+  assert "TPU_WORKER_HOSTNAMES" not in stderr_of("assert runtime.skip_absent_tpu()")
