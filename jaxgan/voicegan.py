@@ -33,6 +33,10 @@ follows the phase of the rhythm around a cell more than the bar's, and without t
 samples start notes on any 16th. `model.onset_gain` (per voice, set by `jaxgan export
 --calibrate` or scripts/calibrate_onset_gain.py) raises the prior's chance of a note start on
 the strong steps of a voice that the low final temperature leaves sparser than the data.
+For the voices marked in `model.join_short_notes`, the sampler ends with two passes that join
+each one-step note in the free cells to the note before or after it, whichever pitch the model
+ranks higher there (models/voices.join_one_step_notes): a two-cell move that cell-wise Gibbs
+cannot make.
 """
 
 from __future__ import annotations
@@ -241,6 +245,11 @@ class VoiceModel:
     rates = onset_rates_table(m.onset_rates, self.steps) if metre else None
     gains = tuple(m.get("onset_gain", ()))
     gain = jnp.asarray(gains, jnp.float32) if gains else None
+    joined_voices = tuple(bool(j) for j in m.get("join_short_notes", ()))
+    leap_weights = tuple(m.get("interval_weights", ()))
+    leap_prior = float(m.get("interval_prior", 0.0)) if leap_weights else 0.0
+    leap_table = (jnp.asarray(leap_weights, jnp.float32).reshape(layout.num_voices, -1)
+                  if leap_prior else None)
     vknown = known[..., list(layout.tracks)]
     shape = context.shape
     given_classes, given_restrike = voices_lib.classes_from_roll(layout, context)
@@ -258,25 +267,35 @@ class VoiceModel:
         c["style"] = style
       return self.generator.apply({"params": params}, z, c)
 
-    def draw(out, k, redraw, classes, restrike, poly_on, temperature, metre=metre):
-      k1, k2, k3 = jax.random.split(k, 3)
+    def scores(out, classes, first_round=False):
+      """The logits a draw samples from: the network's, steered by the sampler's priors."""
       logits = out["logits"]
       if penalty:
         # The network alone leaves parallel fifths and octaves at ~10x Bach's rate: cell-wise
         # Gibbs cannot move a whole note out of one once it is laid, so choices are steered
         # away from making one while the notes are being laid.
         logits = logits - penalty * voices_lib.parallel_perfect_counts(layout, classes)
-      if metre:
+      if metre and not first_round:
         # The network follows the phase of the rhythm around a cell more than the bar's, so a
         # sample drifts into notes that start on any 16th; a prior of where notes start in
         # the bar (measured on the training data) gives the draws the bar's phase. Not in the
         # first round: the free cells around a cell hold no notes yet, only placeholders.
         logits = logits + metre * voices_lib.metre_log_prior(classes, layout.num_classes, rates,
                                                                    gain)
+      if leap_prior and not first_round:
+        # The network's lines leap more than Bach's (the bass by thirds where he steps):
+        # log-factors per leap size, measured from samples against the data, reweigh them.
+        logits = logits + leap_prior * voices_lib.interval_log_prior(
+            classes, layout.num_classes, leap_table)
+      return logits
+
+    def draw(out, k, redraw, classes, restrike, poly_on, temperature, first_round=False):
+      k1, k2, k3 = jax.random.split(k, 3)
+      logits = scores(out, classes, first_round)
       new = jax.random.categorical(k1, logits / temperature)
       classes = jnp.where(redraw, new, classes)
       strike_logit = out["restrike"]
-      if metre:
+      if metre and not first_round:
         strike_logit = strike_logit + metre * voices_lib.metre_restrike_bias(classes.shape[1],
                                                                              rates)
       strike = jax.random.bernoulli(k2, jax.nn.sigmoid(strike_logit))
@@ -293,7 +312,7 @@ class VoiceModel:
     k0, key = jax.random.split(key)
     out = predict(classes, restrike, poly_on, vknown)
     classes, restrike, poly_on = draw(out, k0, free, classes, restrike, poly_on, temperature,
-                                      metre=0.0)
+                                      first_round=True)
 
     def body(i, carry):
       classes, restrike, poly_on = carry
@@ -306,6 +325,20 @@ class VoiceModel:
       return draw(out, k, redraw, classes, restrike, poly_on, t)
 
     classes, restrike, poly_on = jax.lax.fori_loop(0, rounds, body, (classes, restrike, poly_on))
+    if any(joined_voices):
+      # Cell-wise Gibbs cannot undo a one-step note whose two cells each fit their chord: a
+      # join is a two-cell move. Each one-step note of these voices becomes part of a
+      # neighbour, the one whose pitch the model (with the priors above) ranks higher there;
+      # one pass per parity of the step, since a join reads both of its neighbours.
+      which_voices = jnp.asarray(joined_voices, bool)[None, None, :]
+      _, free_next = voices_lib.neighbours(free, False)
+      parity = jnp.arange(free.shape[1])[None, :, None] % 2
+      for p in (0, 1):
+        which = (voices_lib.one_step_notes(classes, restrike) & free & free_next
+                 & which_voices & (parity == p))
+        out = predict(classes, restrike, poly_on, ~which)
+        classes, restrike = voices_lib.join_one_step_notes(
+            classes, restrike, scores(out, classes), which)
     base = jnp.where(poly_on, 1, 0).astype(jnp.uint8)
     return voices_lib.roll_from_classes(layout, classes, restrike, shape, base=base)
 

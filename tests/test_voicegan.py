@@ -87,6 +87,10 @@ def test_mask_kinds_come_in_their_shares():
     ("--config.model.onset_rates=(0.5, 0.5)", "model.onset_rates"),   # not one per step
     ("--config.model.onset_gain=(1.5,)", "model.onset_gain"),          # not one per voice
     ("--config.model.onset_gain=(1.5, 0.0)", "model.onset_gain"),
+    ("--config.model.join_short_notes=(True,)", "model.join_short_notes"),  # one per voice
+    ("--config.model.join_short_notes=(1, 0)", "model.join_short_notes"),
+    ("--config.model.interval_prior=-1.0", "model.interval_prior"),
+    ("--config.model.interval_weights=(0.5, 0.5)", "model.interval_weights"),  # 14 per voice
 ])
 def test_bad_voices_config_fails_naming_the_key(override, key):
   with pytest.raises(config_lib.ConfigError, match=key.replace(".", r"\.")):
@@ -236,6 +240,26 @@ def test_calibrating_the_onset_gain_moves_density_toward_the_data(engine_state):
         config=tiny(), engine=engine, variables=gen.variables, step=0, tracks=gen.tracks))
 
 
+def test_calibrating_the_leaps_moves_them_toward_the_data(engine_state):
+  from jaxgan import evaluate  # pylint: disable=import-outside-toplevel
+  engine, state = engine_state
+  config = tiny("--config.model.gibbs_rounds=8")
+  gen = sample_lib.Generator(config=config, engine=voicegan.VoiceModel(config, engine.mesh),
+                             variables={"params": state["g_ema"], "batch_stats": {}}, step=0,
+                             tracks=sample_lib.tracks_for(config))
+  weights, rows = evaluate.calibrate_interval_weights(gen, num=32, rounds=2, step=1.0)
+  assert len(rows) == 3 and len(weights) == engine.layout.num_voices * voices_lib.INTERVAL_BINS
+  assert rows[0]["interval_weights"] == (0.0,) * len(weights)
+  assert rows[-1]["interval_weights"] == weights and max(abs(w) for w in weights) <= 3.0
+  # The untrained model leaps at random across each voice's range, far more than the data:
+  # the weights pull every voice's mean leap toward the data's.
+  target = np.asarray(rows[0]["target"])
+  first, last = (np.abs(np.asarray(r["mean_leap"]) - target) for r in (rows[0], rows[-1]))
+  assert (first > 1.0).all() and (last < first - 1.0).all(), rows
+  with pytest.raises(config_lib.ConfigError, match="interval_weights"):
+    tiny(f"--config.model.interval_weights={tuple(weights[:-1])!r}")
+
+
 def test_a_fill_keeps_every_given_cell(engine_state):
   engine, state = engine_state
   layout = engine.layout
@@ -255,6 +279,37 @@ def test_a_fill_keeps_every_given_cell(engine_state):
   # and the hidden cells were really drawn: not all left at their old value
   assert (np.asarray(got)[~given] != np.asarray(want)[~given]).any()
   del got_strike, want_strike
+
+
+def test_joined_voices_keep_no_one_step_note_and_every_given_cell(engine_state):
+  engine, state = engine_state
+  layout = engine.layout
+  b, (bars, steps, pitches, tracks) = 16, engine.data_shape
+  key = jax.random.PRNGKey(3)
+  classes = jax.random.randint(key, (b, bars * steps, layout.num_voices), 1, layout.num_classes)
+  roll = voices_lib.roll_from_classes(layout, classes, jnp.zeros(classes.shape, bool),
+                                      (b, bars, steps, pitches, tracks))
+  known = jax.random.bernoulli(jax.random.fold_in(key, 2), 0.3, (b, bars, steps, tracks))
+  z = jax.random.normal(key, (b, engine.latent_size))
+  left = {}
+  for join in ((False, False), (True, False)):
+    config = tiny(f"--config.model.join_short_notes={join!r}", "--config.model.gibbs_rounds=4")
+    model = voicegan.VoiceModel(config, engine.mesh)
+    filled = jax.jit(model.gibbs)(state["g_ema"], z, key, {"context": roll, "known": known})
+    got, strike = voices_lib.classes_from_roll(layout, filled)
+    given = np.asarray(known).reshape(b, bars * steps, tracks)[..., list(layout.tracks)]
+    np.testing.assert_array_equal(np.asarray(got)[given], np.asarray(classes)[given])
+    one_step = np.asarray(voices_lib.one_step_notes(got, strike))
+    free_pair = ~given & np.concatenate([~given[:, 1:], np.zeros_like(given[:, :1])], 1)
+    pitched = np.asarray(got) != voices_lib.REST
+    beside_a_note = (np.concatenate([np.zeros_like(pitched[:, :1]), pitched[:, :-1]], 1)
+                     | np.concatenate([pitched[:, 1:], np.zeros_like(pitched[:, :1])], 1))
+    left[join] = (one_step & free_pair & beside_a_note).sum((0, 1))
+  # The untrained model writes many one-step notes; the joined voice keeps none it could join,
+  # the other voice is untouched by the setting.
+  assert left[(False, False)][0] > 10, left
+  assert left[(True, False)][0] == 0, left
+  assert left[(True, False)][1] > 10, left
 
 
 # --- training -------------------------------------------------------------------------------

@@ -298,3 +298,119 @@ def test_metre_prior_moves_a_note_start_onto_the_stronger_step():
   # Relative to a bar without metre: at a step with the mean rate, starting costs nothing.
   flat = np.asarray(voices.metre_log_prior(classes, 10, jnp.full([4], 0.3)))
   np.testing.assert_allclose(flat, 0.0, atol=1e-6)
+
+
+def _line(*classes):
+  return jnp.asarray([classes], jnp.int32)[..., None]             # [1, T, V=1]
+
+
+def test_one_step_notes_on_hand_made_lines():
+  a, b, c, r = 3, 5, 7, voices.REST
+  got = voices.one_step_notes(_line(a, a, b, c, c, r, a, r, b, b, c), jnp.zeros([1, 11, 1], bool))
+  # b at step 2 (a note start, then c starts), a at 6 (between rests); not c at 10 (last step)
+  np.testing.assert_array_equal(np.asarray(got)[0, :, 0], [0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0])
+  # A restrike ends the note before it: struck at steps 1 and 2, a held pitch is three notes
+  # of 1, 1 and 2 steps.
+  strike = jnp.asarray([[0, 1, 1, 0]], bool)[..., None]
+  got = voices.one_step_notes(_line(a, a, a, a), strike)
+  np.testing.assert_array_equal(np.asarray(got)[0, :, 0], [1, 1, 0, 0])
+
+
+def test_a_one_step_note_joins_the_neighbour_the_logits_prefer():
+  a, b, c, r = 3, 5, 7, voices.REST
+  line = _line(a, a, b, c, c)
+  no_strike = jnp.zeros(line.shape, bool)
+  which = voices.one_step_notes(line, no_strike)
+  logits = jnp.zeros(line.shape + (10,))
+  prefer_c = logits.at[0, 2, 0, c].set(1.0)
+  joined, strike = voices.join_one_step_notes(line, no_strike, prefer_c, which)
+  np.testing.assert_array_equal(np.asarray(joined)[0, :, 0], [a, a, c, c, c])
+  assert not np.asarray(strike).any()
+  prefer_a = logits.at[0, 2, 0, a].set(1.0)
+  joined, _ = voices.join_one_step_notes(line, no_strike, prefer_a, which)
+  np.testing.assert_array_equal(np.asarray(joined)[0, :, 0], [a, a, a, c, c])
+  # Next to a rest the only pitched neighbour takes it, whatever the logits say; between
+  # rests it stays.
+  for line, want in ((_line(a, a, b, r, r), [a, a, a, r, r]),
+                     (_line(r, r, b, c, c), [r, r, c, c, c]),
+                     (_line(r, r, b, r, r), [r, r, b, r, r])):
+    which = voices.one_step_notes(line, no_strike)
+    joined, _ = voices.join_one_step_notes(line, no_strike, prefer_a, which)
+    np.testing.assert_array_equal(np.asarray(joined)[0, :, 0], want)
+  # Between two notes of one pitch the note before takes the cell, and the note after stays
+  # a note of its own: a restrike.
+  line = _line(a, a, b, a, a)
+  joined, strike = voices.join_one_step_notes(line, no_strike, prefer_c,
+                                              voices.one_step_notes(line, no_strike))
+  np.testing.assert_array_equal(np.asarray(joined)[0, :, 0], [a] * 5)
+  np.testing.assert_array_equal(np.asarray(voices.note_starts(joined, strike))[0, :, 0],
+                                [1, 0, 0, 1, 0])
+
+
+@jax.jit
+def _join_all(roll, logits):
+  """The classes and restrikes of a roll with both passes of joins run as the sampler runs
+  them (even steps, then odd ones), and what the result reads back as through a roll."""
+  classes, strike = voices.classes_from_roll(LAYOUT, roll)
+  parity = jnp.arange(classes.shape[1])[None, :, None] % 2
+  joined, joined_strike = classes, strike
+  for p in (0, 1):
+    which = voices.one_step_notes(joined, joined_strike) & (parity == p)
+    joined, joined_strike = voices.join_one_step_notes(joined, joined_strike, logits, which)
+  again = voices.classes_from_roll(
+      LAYOUT, voices.roll_from_classes(LAYOUT, joined, joined_strike, roll.shape))
+  return {"old": classes, "new": joined, "starts": voices.note_starts(classes, strike),
+          "new_starts": voices.note_starts(joined, joined_strike),
+          "one_step": voices.one_step_notes(classes, strike),
+          "left": voices.one_step_notes(joined, joined_strike),
+          "again": again[0], "again_starts": voices.note_starts(*again)}
+
+
+@settings(max_examples=25, deadline=None)
+@given(voice_lines(), st.integers(0, 2**31 - 1))
+def test_joins_only_lengthen_notes_and_leave_none_of_one_step(roll, seed):
+  num_classes = LAYOUT.num_classes
+  logits = jax.random.normal(jax.random.PRNGKey(seed), SHAPE[:1] + (SHAPE[1] * SHAPE[2], 2,
+                                                                   num_classes))
+  r = {k: np.asarray(v) for k, v in _join_all(jnp.asarray(roll), logits).items()}
+  old, new = r["old"], r["new"]
+
+  def next_to_a_note(classes):
+    before = np.concatenate([np.zeros_like(classes[:, :1], bool), classes[:, :-1] != 0], 1)
+    after = np.concatenate([classes[:, 1:] != 0, np.zeros_like(classes[:, :1], bool)], 1)
+    return before | after
+
+  # Every note of the result began where a note began before, and rests stay rests: notes
+  # only took cells of the notes beside them; if any one-step note had a note beside it,
+  # some note is gone.
+  assert not (r["new_starts"] & ~r["starts"]).any()
+  np.testing.assert_array_equal(new == voices.REST, old == voices.REST)
+  joinable = (r["one_step"] & next_to_a_note(old)).any()
+  assert (r["new_starts"].sum() < r["starts"].sum()) == joinable
+  # What is left of one step stands between rests (or starts the piece before a rest).
+  assert not (r["left"] & next_to_a_note(new)).any()
+  # The classes and restrikes still make a roll whose voices read back the same.
+  np.testing.assert_array_equal(r["again"], new)
+  np.testing.assert_array_equal(r["again_starts"], r["new_starts"])
+
+
+def test_interval_counts_and_prior_on_hand_made_lines():
+  layout = voices.VoiceLayout(tracks=(0,), ranges=((0, 30),), num_pitches=32)
+  a, r = 5, voices.REST
+  line = _line(a, a, a + 2, a + 2, a - 1, r, a + 19, a + 19)      # +2, -3, (rest), no leap
+  roll = voices.roll_from_classes(layout, line, jnp.zeros(line.shape, bool), (1, 1, 8, 32, 1))
+  counts = voices.interval_counts(layout, np.asarray(roll))
+  want = np.zeros([1, voices.INTERVAL_BINS])
+  want[0, 2] = want[0, 3] = 1
+  np.testing.assert_array_equal(counts, want)
+  weights = jnp.zeros([1, voices.INTERVAL_BINS]).at[0, 2].set(1.0).at[0, 13].set(-5.0)
+  prior = np.asarray(voices.interval_log_prior(line, 32, weights))[0, :, 0]
+  # Step 1, between a and a + 2: every pitch leaps from a and to a + 2 unless it is one of
+  # them; a leaps 2 to step 2, a + 2 leaps 2 from step 0, a - 2 leaps 2 and then 4.
+  assert prior[1, a] == 1.0 and prior[1, a + 2] == 1.0 and prior[1, a - 2] == 1.0
+  assert prior[1, a + 1] == 0.0 and prior[1, a + 4] == 1.0
+  # A rest makes no leap, nor does a pitch beside a rest on that side; leaps of 13 semitones
+  # and more share the last bin.
+  assert prior[1, r] == 0.0
+  assert prior[6, a + 19] == 0.0 and prior[6, a + 17] == 1.0
+  assert prior[5, a + 19] == -5.0 and prior[7, a] == -5.0

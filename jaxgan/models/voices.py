@@ -295,3 +295,76 @@ def metre_restrike_bias(num_steps: int, rates: Array) -> Array:
   restrikes overall."""
   rates = jnp.asarray(rates)
   return _by_step(jnp.log(rates) - jnp.log1p(-rates), num_steps)[None]
+
+
+def one_step_notes(classes: Array, restrike: Array) -> Array:
+  """bool [B, T, V]: the notes that last one step, by the step they sound on: a note start
+  followed by another note start or a rest. A note on the last step is not counted (the piece
+  may go on past it)."""
+  starts = note_starts(classes, restrike)
+  _, next_start = neighbours(starts, True)
+  _, next_class = neighbours(classes, REST)
+  last = jnp.arange(classes.shape[1])[None, :, None] == classes.shape[1] - 1
+  return starts & (next_start | (next_class == REST)) & ~last
+
+
+def join_one_step_notes(classes: Array, restrike: Array, logits: Array, which: Array
+                        ) -> tuple[Array, Array]:
+  """(classes, restrike) with each one-step note at a cell of `which` (bool [B, T, V])
+  joined to the note before it or the note after it, whichever of the two pitches `logits`
+  [B, T, V, C] ranks higher at that cell; to the only pitched neighbour where the other is a
+  rest; left alone between two rests. Joining to the note after also clears that note's
+  restrike at t+1, so the caller must own cell t+1 too. Notes only lengthen, so a join never
+  makes a new one-step note; two one-step notes side by side need two calls (one per parity
+  of t), since each join reads both neighbours."""
+  before, after = neighbours(classes, REST)
+  score_before = jnp.take_along_axis(logits, before[..., None], -1)[..., 0]
+  score_after = jnp.take_along_axis(logits, after[..., None], -1)[..., 0]
+  can_before, can_after = before != REST, after != REST
+  to_before = which & can_before & (~can_after | (score_before >= score_after))
+  to_after = which & can_after & ~to_before
+  new_classes = jnp.where(to_before, before, jnp.where(to_after, after, classes))
+  # The start that stays: at t when joining forward (a restrike if the pitch before is the
+  # same), at t+1 when joining back (a restrike if the note after has the pitch before's).
+  new_restrike = jnp.where(to_before, False, jnp.where(to_after, after == before, restrike))
+  back_before, _ = neighbours(to_before, False)
+  forward_before, _ = neighbours(to_after, False)
+  new_restrike = jnp.where(forward_before, False, new_restrike)
+  joined_before, _ = neighbours(new_classes, REST)
+  new_restrike = jnp.where(back_before, (classes == joined_before) | restrike, new_restrike)
+  return new_classes, new_restrike
+
+
+INTERVAL_BINS = 14   # leaps of 0..12 semitones, and one bin for anything wider (voices_config)
+
+
+def interval_counts(layout: VoiceLayout, rolls: np.ndarray) -> np.ndarray:
+  """float [V, INTERVAL_BINS]: per voice, how many times its line moves by each leap size
+  (semitones up or down, 13 and over in the last bin) from one note to the next with no rest
+  between, over uint8 rolls [N, bars, steps, pitches, tracks]. A held pitch is one note."""
+  classes, _ = classes_from_roll(layout, jnp.asarray(rolls))
+  classes = np.asarray(classes)
+  before = np.concatenate([np.full_like(classes[:, :1], REST), classes[:, :-1]], 1)
+  moves = (classes != before) & (classes != REST) & (before != REST)
+  leaps = np.minimum(np.abs(classes - before), INTERVAL_BINS - 1)
+  return np.stack([np.bincount(leaps[..., v][moves[..., v]], minlength=INTERVAL_BINS)
+                   for v in range(classes.shape[-1])]).astype(np.float64)
+
+
+def interval_log_prior(classes: Array, num_classes: int, log_weights: Array) -> Array:
+  """float [B, T, V, C]: for each cell and each class it could take, the sum of
+  `log_weights` [V, INTERVAL_BINS] over the leaps that choice makes: from the step before's
+  pitch (if it differs and neither is a rest) and to the step after's. Classes of one voice
+  are its pitches in order, so a leap is a difference of classes."""
+  cand = jnp.arange(num_classes)[None, None, None, :]               # [1, 1, 1, C]
+  before, after = (x[..., None] for x in neighbours(classes, REST))
+  table = jnp.asarray(log_weights)[None, None]                      # [1, 1, V, BINS]
+
+  def term(other):
+    moves = (other != cand) & (other != REST) & (cand != REST)
+    leap = jnp.minimum(jnp.abs(other - cand), INTERVAL_BINS - 1)    # [B, T, V, C]
+    weight = jnp.take_along_axis(jnp.broadcast_to(table, leap.shape[:3] + table.shape[-1:]),
+                                 leap, -1)
+    return jnp.where(moves, weight, 0.0)
+
+  return term(before) + term(after)

@@ -41,6 +41,10 @@ def model_config() -> ml_collections.ConfigDict:
                                 # per voice one after another (or one row for all), measured
                                 # from the training data when training starts
   m.onset_gain = ()             # per voice, a factor on the prior's chance of a note start
+  m.interval_prior = 0.0        # weight of the log-factors below on each leap a draw makes
+  m.interval_weights = ()       # per voice, a log-factor per leap size (voices.INTERVAL_BINS)
+  m.join_short_notes = ()       # per voice, True: after the last round, join each of its
+                                # one-step notes to the neighbour the model prefers
   return m
 
 
@@ -96,6 +100,21 @@ def check_config(config) -> None:
                                               for g in gain)):
     raise ConfigError(f"model.onset_gain must hold {voices} factors in (0, 100], one per "
                       f"voice, or be empty (none); got {gain!r}")
+  leap = m.get("interval_prior", 0.0)
+  if isinstance(leap, bool) or not isinstance(leap, (int, float)) or not leap >= 0:
+    raise ConfigError(f"model.interval_prior={leap!r} must be a number >= 0 (0 turns it off)")
+  leap_weights = tuple(m.get("interval_weights", ()))
+  bins = 14   # models/voices.INTERVAL_BINS (this module does not import the model)
+  if leap_weights and (len(leap_weights) != voices * bins or not all(
+      isinstance(w, (int, float)) and not isinstance(w, bool) and abs(w) < 1e3
+      for w in leap_weights)):
+    raise ConfigError(f"model.interval_weights must hold {voices * bins} log-factors ({bins} "
+                      f"leap sizes per voice, voice after voice; jaxgan export --calibrate "
+                      f"measures them), or be empty (none); got {len(leap_weights)} values")
+  join = tuple(m.get("join_short_notes", ()))
+  if join and (len(join) != voices or not all(isinstance(j, bool) for j in join)):
+    raise ConfigError(f"model.join_short_notes must hold {voices} booleans, one per voice, "
+                      f"or be empty (none); got {join!r}")
   for key in ("temperature", "final_temperature"):
     if not m.get(key, 1.0) > 0:
       raise ConfigError(f"model.{key}={m.get(key)!r} must be > 0")
