@@ -260,16 +260,28 @@ def test_calibrating_the_leaps_moves_them_toward_the_data(engine_state):
     tiny(f"--config.model.interval_weights={tuple(weights[:-1])!r}")
 
 
+def _random_condition(engine, num: int, seed: int, *, given: float, restrikes: float,
+                      rests: bool):
+  """(classes, roll, known, z): random voices over the engine's window, `given` of the cells
+  known, `restrikes` of the cells struck again, rests among the classes or not."""
+  layout = engine.layout
+  bars, steps, pitches, tracks = engine.data_shape
+  key = jax.random.PRNGKey(seed)
+  classes = jax.random.randint(key, (num, bars * steps, layout.num_voices), 0 if rests else 1,
+                               layout.num_classes)
+  strike = jax.random.bernoulli(jax.random.fold_in(key, 1), restrikes, classes.shape)
+  roll = voices_lib.roll_from_classes(layout, classes, strike,
+                                      (num, bars, steps, pitches, tracks))
+  known = jax.random.bernoulli(jax.random.fold_in(key, 2), given, (num, bars, steps, tracks))
+  return classes, roll, known, jax.random.normal(key, (num, engine.latent_size))
+
+
 def test_a_fill_keeps_every_given_cell(engine_state):
   engine, state = engine_state
   layout = engine.layout
-  b, (bars, steps, pitches, tracks) = 8, engine.data_shape
+  b, (bars, steps, _, tracks) = 8, engine.data_shape
   key = jax.random.PRNGKey(1)
-  classes = jax.random.randint(key, (b, bars * steps, layout.num_voices), 0, layout.num_classes)
-  strike = jax.random.bernoulli(jax.random.fold_in(key, 1), 0.3, classes.shape)
-  roll = voices_lib.roll_from_classes(layout, classes, strike, (b, bars, steps, pitches, tracks))
-  known = jax.random.bernoulli(jax.random.fold_in(key, 2), 0.5, (b, bars, steps, tracks))
-  z = jax.random.normal(key, (b, engine.latent_size))
+  _, roll, known, z = _random_condition(engine, b, 1, given=0.5, restrikes=0.3, rests=True)
   filled = engine.fill_jit(state["g"], z, key, {"context": roll, "known": known},
                            jnp.float32(1.0))
   got, got_strike = voices_lib.classes_from_roll(layout, filled)
@@ -284,13 +296,10 @@ def test_a_fill_keeps_every_given_cell(engine_state):
 def test_joined_voices_keep_no_one_step_note_and_every_given_cell(engine_state):
   engine, state = engine_state
   layout = engine.layout
-  b, (bars, steps, pitches, tracks) = 16, engine.data_shape
+  b, (bars, steps, _, tracks) = 16, engine.data_shape
   key = jax.random.PRNGKey(3)
-  classes = jax.random.randint(key, (b, bars * steps, layout.num_voices), 1, layout.num_classes)
-  roll = voices_lib.roll_from_classes(layout, classes, jnp.zeros(classes.shape, bool),
-                                      (b, bars, steps, pitches, tracks))
-  known = jax.random.bernoulli(jax.random.fold_in(key, 2), 0.3, (b, bars, steps, tracks))
-  z = jax.random.normal(key, (b, engine.latent_size))
+  classes, roll, known, z = _random_condition(engine, b, 3, given=0.3, restrikes=0.0,
+                                              rests=False)
   left = {}
   for join in ((False, False), (True, False)):
     config = tiny(f"--config.model.join_short_notes={join!r}", "--config.model.gibbs_rounds=4")
