@@ -89,8 +89,7 @@ def cmd_export(args, extra) -> int:
     for i, row in enumerate(rows):
       print(f"calibration round {i}: mean leap per voice {row['mean_leap']} (training split: "
             f"{row['target']})")
-    gen = evaluate.with_model_settings(gen, interval_prior=gen.engine.model_cfg.get(
-        "interval_prior", 0.0) or 1.0, interval_weights=weights)
+    gen = evaluate.with_interval_weights(gen, weights)
     gain, rows = evaluate.calibrate_onset_gain(gen)
     for i, row in enumerate(rows):
       print(f"calibration round {i}: gain {row['gain']}, notes per bar {row['notes_per_bar']}"

@@ -153,6 +153,14 @@ def calibrate_onset_gain(gen, *, split: str = "train", num: int = 64, iterations
   return best["gain"], rows
 
 
+def with_interval_weights(gen, weights: Sequence[float]):
+  """`gen` sampling with model.interval_weights = `weights`, at its model.interval_prior, or
+  at 1 where that is 0 (off): what a calibration of the leaps hands on."""
+  prior = float(gen.engine.model_cfg.get("interval_prior", 0.0)) or 1.0
+  return with_model_settings(gen, interval_prior=prior,
+                             interval_weights=tuple(float(w) for w in weights))
+
+
 def calibrate_interval_weights(gen, *, split: str = "train", num: int = 256, rounds: int = 2,
                                step: float = 0.5, seed: int = 0, max_weight: float = 3.0
                                ) -> tuple[tuple[float, ...], list[dict[str, Any]]]:
@@ -172,26 +180,28 @@ def calibrate_interval_weights(gen, *, split: str = "train", num: int = 256, rou
     raise ValueError("interval weights steer the Gibbs sampler of a voices model "
                      "(model.arch='voices')")
   layout = gen.engine.layout
-  data = voices_lib.interval_counts(layout, split_windows(gen.config, split, hop_bars=1))
-  data_share = (data + 1.0) / (data + 1.0).sum(-1, keepdims=True)
   sizes = np.arange(voices_lib.INTERVAL_BINS)
+
+  def share(counts):
+    return (counts + 1.0) / (counts + 1.0).sum(-1, keepdims=True)
+
+  def mean_leap(counts):
+    return tuple(round(float(x), 3)
+                 for x in (counts * sizes).sum(-1) / np.maximum(counts.sum(-1), 1))
+
+  data = voices_lib.interval_counts(layout, split_windows(gen.config, split, hop_bars=1))
   weights = np.asarray(tuple(m.get("interval_weights", ())) or np.zeros(data.size),
                        np.float64).reshape(data.shape)
   rows = []
   for r in range(rounds + 1):
-    trial = with_model_settings(gen, interval_prior=float(m.get("interval_prior", 0)) or 1.0,
-                                interval_weights=tuple(round(float(w), 3)
-                                                       for w in weights.reshape(-1)))
+    trial = with_interval_weights(gen, (round(float(w), 3) for w in weights.reshape(-1)))
     counts = voices_lib.interval_counts(layout, sample.sample(trial, jax.random.PRNGKey(seed),
                                                               num))
     rows.append({"interval_weights": trial.config.model.interval_weights,
-                 "mean_leap": tuple(round(float(x), 3) for x in
-                                    (counts * sizes).sum(-1) / np.maximum(counts.sum(-1), 1)),
-                 "target": tuple(round(float(x), 3) for x in
-                                 (data * sizes).sum(-1) / np.maximum(data.sum(-1), 1))})
+                 "mean_leap": mean_leap(counts), "target": mean_leap(data)})
     if r < rounds:
-      share = (counts + 1.0) / (counts + 1.0).sum(-1, keepdims=True)
-      weights = np.clip(weights + step * np.log(data_share / share), -max_weight, max_weight)
+      weights = np.clip(weights + step * np.log(share(data) / share(counts)), -max_weight,
+                        max_weight)
   return rows[-1]["interval_weights"], rows
 
 

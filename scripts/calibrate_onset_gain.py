@@ -56,8 +56,7 @@ def main() -> int:
     for i, row in enumerate(rows):
       print(f"{i:5d}  {' '.join(f'{x:6.3f}' for x in row['mean_leap']):>27}  "
             f"{' '.join(f'{x:6.3f}' for x in row['target']):>27}")
-    gen = evaluate.with_model_settings(gen, interval_prior=gen.engine.model_cfg.get(
-        "interval_prior", 0.0) or 1.0, interval_weights=weights)
+    gen = evaluate.with_interval_weights(gen, weights)
   gain, rows = evaluate.calibrate_onset_gain(gen, split=args.split, num=args.num,
                                              iterations=args.iterations, seed=args.seed)
   print(f"{'round':>5}  {'gain S A T B':>27}  {'notes/bar':>27}  {'target':>27}")

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgan.models.voices_config import INTERVAL_BINS
+
 Array = jax.Array
 REST = 0
 
@@ -335,16 +337,13 @@ def join_one_step_notes(classes: Array, restrike: Array, logits: Array, which: A
   return new_classes, new_restrike
 
 
-INTERVAL_BINS = 14   # leaps of 0..12 semitones, and one bin for anything wider (voices_config)
-
-
 def interval_counts(layout: VoiceLayout, rolls: np.ndarray) -> np.ndarray:
   """float [V, INTERVAL_BINS]: per voice, how many times its line moves by each leap size
   (semitones up or down, 13 and over in the last bin) from one note to the next with no rest
   between, over uint8 rolls [N, bars, steps, pitches, tracks]. A held pitch is one note."""
   classes, _ = classes_from_roll(layout, jnp.asarray(rolls))
-  classes = np.asarray(classes)
-  before = np.concatenate([np.full_like(classes[:, :1], REST), classes[:, :-1]], 1)
+  before, _ = neighbours(classes, REST)
+  classes, before = np.asarray(classes), np.asarray(before)
   moves = (classes != before) & (classes != REST) & (before != REST)
   leaps = np.minimum(np.abs(classes - before), INTERVAL_BINS - 1)
   return np.stack([np.bincount(leaps[..., v][moves[..., v]], minlength=INTERVAL_BINS)
@@ -358,13 +357,12 @@ def interval_log_prior(classes: Array, num_classes: int, log_weights: Array) -> 
   are its pitches in order, so a leap is a difference of classes."""
   cand = jnp.arange(num_classes)[None, None, None, :]               # [1, 1, 1, C]
   before, after = (x[..., None] for x in neighbours(classes, REST))
-  table = jnp.asarray(log_weights)[None, None]                      # [1, 1, V, BINS]
+  table = jnp.asarray(log_weights)                                  # [V, BINS]
+  voice = jnp.arange(table.shape[0])[:, None]                       # [V, 1]
 
   def term(other):
     moves = (other != cand) & (other != REST) & (cand != REST)
     leap = jnp.minimum(jnp.abs(other - cand), INTERVAL_BINS - 1)    # [B, T, V, C]
-    weight = jnp.take_along_axis(jnp.broadcast_to(table, leap.shape[:3] + table.shape[-1:]),
-                                 leap, -1)
-    return jnp.where(moves, weight, 0.0)
+    return jnp.where(moves, table[voice, leap], 0.0)
 
   return term(before) + term(after)

@@ -8,6 +8,7 @@ import ml_collections
 from jaxgan.errors import ConfigError
 
 MASK_KINDS = ("cells", "bars", "voices", "all")
+INTERVAL_BINS = 14   # model.interval_weights: leaps of 0..12 semitones, one bin for any wider
 CRITIC_INPUTS = ("gumbel", "softmax")
 
 
@@ -104,7 +105,7 @@ def check_config(config) -> None:
   if isinstance(leap, bool) or not isinstance(leap, (int, float)) or not leap >= 0:
     raise ConfigError(f"model.interval_prior={leap!r} must be a number >= 0 (0 turns it off)")
   leap_weights = tuple(m.get("interval_weights", ()))
-  bins = 14   # models/voices.INTERVAL_BINS (this module does not import the model)
+  bins = INTERVAL_BINS
   if leap_weights and (len(leap_weights) != voices * bins or not all(
       isinstance(w, (int, float)) and not isinstance(w, bool) and abs(w) < 1e3
       for w in leap_weights)):
