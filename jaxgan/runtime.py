@@ -176,7 +176,18 @@ def skip_absent_tpu() -> bool:
     from jax._src import hardware_utils, xla_bridge  # pylint: disable=import-outside-toplevel
     if hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0:
       return False
-    factories = xla_bridge._backend_factories  # pylint: disable=protected-access
+    registration = xla_bridge._backend_factories.get("tpu")  # pylint: disable=protected-access
+    if registration is None:
+      return False
+    # The registration stays, so that "tpu" remains a known platform (modules such as
+    # jax.experimental.pallas register TPU lowerings on import); only its start is replaced
+    # by one that fails quietly, as the TPU backend does on a machine without chips.
+    registration.factory = _no_tpu_attached
+    registration.fail_quietly = True
   except (ImportError, AttributeError, OSError):  # another JAX: leave it as it is
     return False
-  return factories.pop("tpu", None) is not None
+  return True
+
+
+def _no_tpu_attached():
+  raise RuntimeError("no TPU chip is attached (jaxgan skipped libtpu)")

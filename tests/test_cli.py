@@ -246,8 +246,10 @@ def test_commands_do_not_start_libtpu_without_a_tpu():
   if hardware_utils.num_available_tpu_chips_and_device_id()[0]:
     pytest.skip("a TPU is attached: libtpu is meant to start")
   env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
-  code = ("from jaxgan import runtime; {call}; import jax; "
-          "print(jax.devices()[0].platform)")
+  # flax is imported after the call, as the commands do: it registers TPU lowerings, which
+  # needs "tpu" to stay a known platform.
+  code = ("from jaxgan import runtime; {call}; import flax.linen; import jax; "
+          "print(jax.jit(lambda x: x + 1)(1), jax.devices()[0].platform)")
 
   def stderr_of(call: str) -> str:
     done = subprocess.run([sys.executable, "-c", code.format(call=call)], env=env,
