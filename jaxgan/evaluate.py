@@ -81,6 +81,34 @@ def resolve_onset_rates(config) -> None:
     m.onset_rates = tuple(round(float(r), 4) for r in rates.reshape(-1))
 
 
+def resolve_pickup_shares(config) -> None:
+  """Fills model.pickup_shares of a voices config with model.pickup_prior on, from its
+  training split (voices.pickup_shares over every excerpt as training crops them), when not
+  already set. Does nothing for other configs."""
+  m = config.model
+  if (not voicegan.is_voice_model(config) or not m.get("pickup_prior", False)
+      or tuple(m.get("pickup_shares", ()))):
+    return
+  windows = real_windows(config, config.data.split, 4096)
+  if not len(windows):
+    return
+  shares = voices_lib.pickup_shares(voicegan.layout_of(config), windows,
+                                    config_lib.steps_per_bar(config))
+  with m.unlocked():
+    m.pickup_shares = tuple(round(float(s), 4) for s in shares)
+
+
+def with_pickup_prior(gen):
+  """`gen` (a voices model) sampling with the pickup prior on, its shares measured from the
+  run's training split: for runs saved before model.pickup_prior existed."""
+  config = gen.config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model.pickup_prior, config.model.pickup_shares = True, ()
+  resolve_pickup_shares(config)
+  return with_model_settings(gen, pickup_prior=True,
+                             pickup_shares=tuple(config.model.pickup_shares))
+
+
 def with_model_settings(gen, **settings: Any):
   """`gen` (a voices model) sampling with model.KEY=value for each of `settings`, the same
   weights: e.g. another onset gain or onset rates."""

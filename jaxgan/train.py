@@ -76,6 +76,7 @@ class _Run:
     pipeline.resolve_styles(self.config)
     pipeline.resolve_track_facts(self.config)
     evaluate.resolve_onset_rates(self.config)
+    evaluate.resolve_pickup_shares(self.config)
     return nonfinite.Policy(self.config, self.workdir, is_lead=self.is_lead)
 
   def _build(self) -> None:

@@ -36,7 +36,10 @@ the strong steps of a voice that the low final temperature leaves sparser than t
 For the voices marked in `model.join_short_notes`, the sampler ends with two passes that join
 each one-step note in the free cells to the note before or after it, whichever pitch the model
 ranks higher there (models/voices.join_one_step_notes): a two-cell move that cell-wise Gibbs
-cannot make.
+cannot make. With `model.pickup_prior`, a free piece (nothing given) opens with a pickup as
+often as the training excerpts do: its length is drawn from `model.pickup_shares` (measured when
+training starts), its rests are given to the network, and every voice sings for a bar from
+its entry (models/voices.pickup_cells).
 """
 
 from __future__ import annotations
@@ -250,9 +253,23 @@ class VoiceModel:
     leap_prior = float(m.get("interval_prior", 0.0)) if leap_weights else 0.0
     leap_table = (jnp.asarray(leap_weights, jnp.float32).reshape(layout.num_voices, -1)
                   if leap_prior else None)
+    pickups = (tuple(m.get("pickup_shares", ())) if m.get("pickup_prior", False) else ())
     vknown = known[..., list(layout.tracks)]
+    pickup_rest = pickup_sound = None
+    if pickups:
+      # The network opens a free piece with a pickup less often than the data at some seeds
+      # (most of a chorale's rests are its pickup), so the sampler draws the pickup's length
+      # from the training excerpts' and gives the network those rests as given cells.
+      # A key of its own: the draws of restored and accompanied pieces stay as they were.
+      k_pickup = jax.random.fold_in(key, 1 << 20)
+      pickup_rest, pickup_sound = voices_lib.pickup_cells(
+          k_pickup, ~vknown, jnp.asarray(pickups, jnp.float32))
+      vknown = vknown | pickup_rest
     shape = context.shape
     given_classes, given_restrike = voices_lib.classes_from_roll(layout, context)
+    if pickups:
+      given_classes = jnp.where(pickup_rest, voices_lib.REST, given_classes)
+      given_restrike = given_restrike & ~pickup_rest
     poly_tracks = [t for t in range(shape[-1]) if t not in layout.tracks]
     known_cells = known.reshape(num, bars, shape[2], 1, shape[-1])
 
@@ -270,6 +287,8 @@ class VoiceModel:
     def scores(out, classes, first_round=False):
       """The logits a draw samples from: the network's, steered by the sampler's priors."""
       logits = out["logits"]
+      if pickups:
+        logits = logits.at[..., voices_lib.REST].add(jnp.where(pickup_sound, -1e9, 0.0))
       if penalty:
         # The network alone leaves parallel fifths and octaves at ~10x Bach's rate: cell-wise
         # Gibbs cannot move a whole note out of one once it is laid, so choices are steered

@@ -10,7 +10,8 @@ crops them, of the split it trained on (`--reference`). Most of a chorale's rest
 pickup of its first bar, so the share differs by split with how many excerpts hold one: JSB
 train 1.06 %, validation 1.5 %, test 1.2 %. It takes a few hundred samples to measure it: one
 sample in six or seven rests at all (`--num`, default 256).
-`--evaluate-only` samples runs already trained under ROOT/seedN. `--calibrate` samples each run
+`--evaluate-only` samples runs already trained under ROOT/seedN; `--pickups` turns the pickup
+prior (model.pickup_prior) on for runs saved before it. `--calibrate` samples each run
 as `jaxgan export --calibrate` ships it: its sampler's note-start gain set on the training
 split first (evaluate.calibrate_onset_gain), and the onset rates measured per voice where the
 run saved one shared row (runs from before per-voice rates).
@@ -57,6 +58,9 @@ def main() -> int:
   parser.add_argument("--calibrate", action="store_true",
                       help="calibrate each run's note-start gain on the training split "
                            "first, as `jaxgan export --calibrate` does")
+  parser.add_argument("--pickups", action="store_true",
+                      help="sample runs saved before model.pickup_prior with it on (its "
+                           "shares measured from the training split)")
   parser.add_argument("overrides", nargs="*", help="--config.key=value")
   args = parser.parse_args()
   rows, real, spec = [], None, None
@@ -69,6 +73,8 @@ def main() -> int:
       train.train_and_evaluate(config, workdir, progress=False)
     minutes = (time.perf_counter() - t0) / 60
     gen = sample.Generator.from_workdir(workdir)
+    if args.pickups and not gen.config.model.get("pickup_prior", False):
+      gen = evaluate.with_pickup_prior(gen)
     if args.calibrate:
       gen = calibrated(gen)
     if real is None:

@@ -91,6 +91,8 @@ def test_mask_kinds_come_in_their_shares():
     ("--config.model.join_short_notes=(1, 0)", "model.join_short_notes"),
     ("--config.model.interval_prior=-1.0", "model.interval_prior"),
     ("--config.model.interval_weights=(0.5, 0.5)", "model.interval_weights"),  # 14 per voice
+    ("--config.model.pickup_shares=(1.0,)", "model.pickup_shares"),          # one per step
+    (f"--config.model.pickup_shares={tuple([0.5] * 8)!r}", "model.pickup_shares"),  # sum 4
 ])
 def test_bad_voices_config_fails_naming_the_key(override, key):
   with pytest.raises(config_lib.ConfigError, match=key.replace(".", r"\.")):
@@ -319,6 +321,36 @@ def test_joined_voices_keep_no_one_step_note_and_every_given_cell(engine_state):
   assert left[(False, False)][0] > 10, left
   assert left[(True, False)][0] == 0, left
   assert left[(True, False)][1] > 10, left
+
+
+def test_pickup_prior_opens_free_pieces_as_the_shares_say_and_leaves_given_ones(engine_state):
+  engine, state = engine_state
+  layout = engine.layout
+  b, (bars, steps, _, tracks) = 32, engine.data_shape
+  key = jax.random.PRNGKey(5)
+  z = jax.random.normal(key, (b, engine.latent_size))
+  free_cond = engine.empty_condition(key, b)
+  _, roll, known, _ = _random_condition(engine, b, 5, given=0.0, restrikes=0.0, rests=False)
+  known = known.at[:, 0].set(True)           # the first bar given: a restoration of the rest
+  shares = tuple([0.5] + [0.0] * 3 + [0.5] + [0.0] * (steps - 5))
+  opened = {}
+  for prior in (False, True):
+    config = tiny(f"--config.model.pickup_prior={prior}",
+                  f"--config.model.pickup_shares={shares!r}", "--config.model.gibbs_rounds=4")
+    model = voicegan.VoiceModel(config, engine.mesh)
+    gibbs = jax.jit(model.gibbs)
+    got, _ = voices_lib.classes_from_roll(layout, gibbs(state["g_ema"], z, key, free_cond))
+    opened[prior] = np.asarray(got)[:, :2 * steps] != voices_lib.REST   # [B, 2 bars, V]
+    given = gibbs(state["g_ema"], z, key, {"context": roll, "known": known})
+    np.testing.assert_array_equal(np.asarray(given)[:, 0], np.asarray(roll)[:, 0])
+  # The untrained network rests anywhere; with the prior every voice rests for the drawn 0 or
+  # 4 steps, then sings for a bar, about half the pieces each.
+  assert not opened[False][:, :steps].all()
+  pickup = ~opened[True][:, 0, 0]
+  assert not opened[True][pickup, :4].any()
+  assert opened[True][pickup, 4:steps + 4].all()
+  assert opened[True][~pickup, :steps].all()
+  assert 6 <= pickup.sum() <= 26, pickup.sum()
 
 
 # --- training -------------------------------------------------------------------------------

@@ -414,3 +414,43 @@ def test_interval_counts_and_prior_on_hand_made_lines():
   assert prior[1, r] == 0.0
   assert prior[6, a + 19] == 0.0 and prior[6, a + 17] == 1.0
   assert prior[5, a + 19] == -5.0 and prior[7, a] == -5.0
+
+
+def test_pickup_shares_count_how_long_every_voice_rests_first():
+  roll = np.zeros((5,) + SHAPE[1:], np.uint8)
+  flat = roll.reshape(5, -1, SHAPE[3], SHAPE[4])
+  flat[:, :, 12, 0] = 1                    # voice 0 sings throughout...
+  flat[1, :3, 12, 0] = 0                   # ...but in piece 1 only from step 3,
+  flat[2, :3, 12, 0] = 0                   # in piece 2 from step 3 too,
+  flat[3, :10, 12, 0] = 0                  # in piece 3 from the second bar (not counted),
+  flat[4, :5, 12, 0] = 0                   # and in piece 4 from step 5, where voice 1 sings
+  flat[4, 2:, 3, 2] = 1                    # from step 2: the piece's pickup is 2 steps
+  flat[1, :, 5, 1] = 1                     # a polyphonic track is no voice
+  shares = voices.pickup_shares(LAYOUT, roll, steps_per_bar=8)
+  np.testing.assert_allclose(shares, [1 / 4, 0, 1 / 4, 2 / 4, 0, 0, 0, 0])
+
+
+def test_pickup_cells_follow_the_drawn_length_in_free_pieces_only():
+  num, steps, bar = 400, 24, 8
+  free = np.ones((num, steps, 2), bool)
+  free[:50, 5, 1] = False                  # a given cell in the first bar: no pickup drawn
+  free[50:100, 20, 0] = False              # nor anywhere else (a restoration, an accompaniment)
+  shares = jnp.asarray([0.5, 0, 0, 0.25, 0, 0, 0.25, 0])
+  rest, sound = (np.asarray(x) for x in
+                 voices.pickup_cells(jax.random.PRNGKey(0), jnp.asarray(free), shares))
+  assert not rest[:100].any() and not sound[:100].any()
+  length = rest[100:, :, 0].sum(1)
+  assert set(np.unique(length)) == {0, 3, 6}
+  np.testing.assert_allclose(np.bincount(length, minlength=7)[[0, 3, 6]] / 300,
+                             [0.5, 0.25, 0.25], atol=0.08)
+  # A batch holds the shares' number of each length (systematic sampling), to within one.
+  whole = voices.pickup_cells(jax.random.PRNGKey(1), jnp.ones((num, steps, 2), bool), shares)
+  counts = np.bincount(np.asarray(whole[0])[:, :, 0].sum(1), minlength=7)[[0, 3, 6]]
+  assert np.abs(counts - num * np.array([0.5, 0.25, 0.25])).max() <= 1, counts
+  step = np.arange(steps)[None, :, None]
+  np.testing.assert_array_equal(rest[100:], np.broadcast_to(step < length[:, None, None],
+                                                             rest[100:].shape))
+  np.testing.assert_array_equal(
+      sound[100:], np.broadcast_to((step >= length[:, None, None])
+                                   & (step < length[:, None, None] + bar),
+                                   sound[100:].shape))

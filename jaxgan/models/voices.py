@@ -247,6 +247,46 @@ def onset_rates(layout: VoiceLayout, rolls: np.ndarray, steps_per_bar: int, *,
   return np.clip(rates if per_voice else rates[0], 1e-3, 1 - 1e-3)
 
 
+def pickup_shares(layout: VoiceLayout, rolls: np.ndarray, steps_per_bar: int) -> np.ndarray:
+  """float [steps_per_bar]: the share of the pieces (uint8 rolls [N, bars, steps, pitches,
+  tracks]) whose voices all rest for exactly their first L steps, L = 0 .. steps_per_bar - 1:
+  how often an excerpt opens with a pickup, and how long it is. Pieces that open with a
+  whole bar or more of silence are not counted."""
+  classes, _ = classes_from_roll(layout, jnp.asarray(rolls))
+  sounding = np.asarray(classes != REST).any(-1)                     # [N, T]
+  lead = np.where(sounding.any(1), sounding.argmax(1), sounding.shape[1])
+  counts = np.bincount(lead[lead < steps_per_bar], minlength=steps_per_bar)
+  if not counts.sum():
+    raise ValueError("no piece sounds within its first bar: nothing to measure pickups on")
+  return counts / counts.sum()
+
+
+def pickup_cells(key: Array, free: Array, shares: Array) -> tuple[Array, Array]:
+  """(rest, sound), bool [B, T, V] each: for every piece with no given voice cell (`free`
+  [B, T, V] all True: free generation), a pickup length L drawn from `shares` [steps_per_bar]
+  (`pickup_shares`); its voices rest on the steps before L (`rest`) and sing for a bar from L
+  (`sound`: Bach's voices enter together and hardly rest in their first bar, 0.2 % of those
+  cells in the JSB training excerpts; a network given the rests of a pickup tends to rest
+  again on the next downbeat). Other pieces get neither: a restored or accompanied piece may
+  be an excerpt from anywhere in a chorale, and its given cells tell the network where."""
+  num, steps, _ = free.shape
+  bar = shares.shape[0]
+  eligible = free.all((1, 2))[:, None, None]
+  # Systematic sampling: each piece's length has the shares' distribution, and a batch holds
+  # as many pickups as the shares say, not a binomial count (one piece in eleven opens with
+  # one, so 256 i.i.d. draws would move the rest share of a batch by +-20 %).
+  k_offset, k_order = jax.random.split(key)
+  points = (jnp.arange(num) + jax.random.uniform(k_offset)) / num
+  points = jax.random.permutation(k_order, points)
+  cumulative = jnp.cumsum(shares) / jnp.sum(shares)
+  length = jnp.minimum(jnp.searchsorted(cumulative, points, side="right"),
+                       bar - 1)[:, None, None]
+  step = jnp.arange(steps)[None, :, None]
+  rest = jnp.broadcast_to(eligible & (step < length), free.shape)
+  sound = jnp.broadcast_to(eligible & (step >= length) & (step < length + bar), free.shape)
+  return rest, sound
+
+
 def _by_step(rates: Array, num_steps: int) -> Array:
   """[T, 1] or [T, V]: rates [P] (shared) or [V, P] (per voice) at each of `num_steps` steps
   counted from a bar line."""

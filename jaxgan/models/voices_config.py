@@ -46,6 +46,11 @@ def model_config() -> ml_collections.ConfigDict:
   m.interval_weights = ()       # per voice, a log-factor per leap size (voices.INTERVAL_BINS)
   m.join_short_notes = ()       # per voice, True: after the last round, join each of its
                                 # one-step notes to the neighbour the model prefers
+  m.pickup_prior = False        # free pieces open with a pickup as often and as long as
+                                # the training excerpts do (voices that enter together)
+  m.pickup_shares = ()          # that prior: share of excerpts opening with L steps of rest
+                                # in every voice, L = 0 .. steps_per_bar - 1; measured from
+                                # the training data when training starts
   return m
 
 
@@ -116,6 +121,15 @@ def check_config(config) -> None:
   if join and (len(join) != voices or not all(isinstance(j, bool) for j in join)):
     raise ConfigError(f"model.join_short_notes must hold {voices} booleans, one per voice, "
                       f"or be empty (none); got {join!r}")
+  if not isinstance(m.get("pickup_prior", False), bool):
+    raise ConfigError(f"model.pickup_prior={m.pickup_prior!r} must be True or False")
+  pickups = tuple(m.get("pickup_shares", ()))
+  if pickups and (len(pickups) != steps or not all(
+      isinstance(s, (int, float)) and not isinstance(s, bool) and 0 <= s <= 1 for s in pickups)
+      or abs(sum(pickups) - 1) > 1e-3):
+    raise ConfigError(f"model.pickup_shares must hold {steps} shares in [0, 1] summing to 1 "
+                      f"(one per pickup length 0 .. {steps - 1} steps), or be empty (measured "
+                      f"when training starts); got {pickups!r}")
   for key in ("temperature", "final_temperature"):
     if not m.get(key, 1.0) > 0:
       raise ConfigError(f"model.{key}={m.get(key)!r} must be > 0")
