@@ -63,39 +63,30 @@ def real_windows(config, split: str, num: int) -> np.ndarray:
   return np.concatenate(rolls)[:num] if rolls else np.zeros((0,), np.uint8)
 
 
-def resolve_onset_rates(config) -> None:
-  """Fills model.onset_rates of a voices config whose sampler has a metre prior
-  (model.metre_prior > 0) from its training split, a row per voice, when not already set:
-  saved with the run's config, so that sampling never needs the data. Does nothing for other
-  configs."""
+def resolve_sampler_priors(config) -> None:
+  """Fills, from the training split of a voices config and when not already set,
+  model.onset_rates (a row per voice) where its sampler has a metre prior (model.metre_prior
+  > 0) and model.pickup_shares where it has the pickup prior (model.pickup_prior): saved with
+  the run's config, so that sampling never needs the data. Reads the split once, every
+  excerpt as training crops them; does nothing for other configs."""
   m = config.model
-  if (not voicegan.is_voice_model(config) or not m.get("metre_prior", 0)
-      or tuple(m.get("onset_rates", ()))):
+  if not voicegan.is_voice_model(config):
+    return
+  want_rates = bool(m.get("metre_prior", 0)) and not tuple(m.get("onset_rates", ()))
+  want_pickups = bool(m.get("pickup_prior", False)) and not tuple(m.get("pickup_shares", ()))
+  if not (want_rates or want_pickups):
     return
   windows = real_windows(config, config.data.split, 4096)
   if not len(windows):
     return
-  rates = voices_lib.onset_rates(voicegan.layout_of(config), windows,
-                                 config_lib.steps_per_bar(config), per_voice=True)
+  layout, steps_per_bar = voicegan.layout_of(config), config_lib.steps_per_bar(config)
   with m.unlocked():
-    m.onset_rates = tuple(round(float(r), 4) for r in rates.reshape(-1))
-
-
-def resolve_pickup_shares(config) -> None:
-  """Fills model.pickup_shares of a voices config with model.pickup_prior on, from its
-  training split (voices.pickup_shares over every excerpt as training crops them), when not
-  already set. Does nothing for other configs."""
-  m = config.model
-  if (not voicegan.is_voice_model(config) or not m.get("pickup_prior", False)
-      or tuple(m.get("pickup_shares", ()))):
-    return
-  windows = real_windows(config, config.data.split, 4096)
-  if not len(windows):
-    return
-  shares = voices_lib.pickup_shares(voicegan.layout_of(config), windows,
-                                    config_lib.steps_per_bar(config))
-  with m.unlocked():
-    m.pickup_shares = tuple(round(float(s), 4) for s in shares)
+    if want_rates:
+      rates = voices_lib.onset_rates(layout, windows, steps_per_bar, per_voice=True)
+      m.onset_rates = tuple(round(float(r), 4) for r in rates.reshape(-1))
+    if want_pickups:
+      shares = voices_lib.pickup_shares(layout, windows, steps_per_bar)
+      m.pickup_shares = tuple(round(float(s), 4) for s in shares)
 
 
 def with_pickup_prior(gen):
@@ -104,7 +95,7 @@ def with_pickup_prior(gen):
   config = gen.config.copy_and_resolve_references()
   with config.unlocked():
     config.model.pickup_prior, config.model.pickup_shares = True, ()
-  resolve_pickup_shares(config)
+  resolve_sampler_priors(config)
   return with_model_settings(gen, pickup_prior=True,
                              pickup_shares=tuple(config.model.pickup_shares))
 

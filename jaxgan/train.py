@@ -75,8 +75,7 @@ class _Run:
   def _host_checks(self) -> nonfinite.Policy:
     pipeline.resolve_styles(self.config)
     pipeline.resolve_track_facts(self.config)
-    evaluate.resolve_onset_rates(self.config)
-    evaluate.resolve_pickup_shares(self.config)
+    evaluate.resolve_sampler_priors(self.config)
     return nonfinite.Policy(self.config, self.workdir, is_lead=self.is_lead)
 
   def _build(self) -> None:

@@ -44,7 +44,7 @@ def main() -> int:
   if args.per_voice_rates:
     config = config_lib.load_run_config(args.workdir)
     config.model.onset_rates = ()
-    evaluate.resolve_onset_rates(config)
+    evaluate.resolve_sampler_priors(config)
     config_lib.save_run_config(config, args.workdir)
     print(f"wrote model.onset_rates ({len(config.model.onset_rates)} shares) to "
           f"{args.workdir}/config.json")

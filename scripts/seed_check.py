@@ -38,7 +38,7 @@ def calibrated(gen: sample.Generator) -> sample.Generator:
   if len(tuple(m.onset_rates)) == gen.engine.steps:      # one row shared by the voices
     config = gen.config.copy_and_resolve_references()
     config.model.onset_rates = ()
-    evaluate.resolve_onset_rates(config)
+    evaluate.resolve_sampler_priors(config)
     gen = evaluate.with_model_settings(gen, onset_rates=config.model.onset_rates)
   gain, _ = evaluate.calibrate_onset_gain(gen)
   print(f"{gen.config.train.seed}: calibrated model.onset_gain={gain}", flush=True)
