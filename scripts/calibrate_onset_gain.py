@@ -6,9 +6,9 @@ run's (or export's) config.json.
     python scripts/calibrate_onset_gain.py --workdir runs/jsb_chorale --write
 
 A run saved before per-voice onset rates existed: add --per-voice-rates (they are measured
-again from the training split first; needs the data set). --intervals first calibrates the
-leap sizes of each voice (model.interval_weights, evaluate.calibrate_interval_weights), as
-`jaxgan export --calibrate` does.
+again from the training split first; needs the data set). --lines first calibrates the lines'
+leap sizes and notes tied over a beat (model.interval_weights, syncopation_weights:
+evaluate.calibrate_sampler), as `jaxgan export --calibrate` does.
 
 Done for the shipped chorale model (jaxgan/pretrained/jsb): at a final temperature of 0.7
 its alto and tenor held notes longer than Bach's (see BENCHMARKS.md).
@@ -38,8 +38,9 @@ def main() -> int:
   parser.add_argument("--per-voice-rates", action="store_true",
                       help="first measure model.onset_rates again, a row per voice (runs "
                            "saved before per-voice rates have one row for all voices)")
-  parser.add_argument("--intervals", action="store_true",
-                      help="first calibrate model.interval_weights (leap sizes per voice)")
+  parser.add_argument("--lines", action="store_true",
+                      help="first calibrate model.interval_weights and syncopation_weights "
+                           "(leaps, notes tied over a beat)")
   args = parser.parse_args()
   if args.per_voice_rates:
     config = config_lib.load_run_config(args.workdir)
@@ -50,27 +51,24 @@ def main() -> int:
           f"{args.workdir}/config.json")
   gen = sample.Generator.from_workdir(args.workdir)
   t0 = time.perf_counter()
-  if args.intervals:
-    weights, rows = evaluate.calibrate_interval_weights(gen, split=args.split, seed=args.seed)
-    print(f"{'round':>5}  {'mean leap S A T B':>27}  {'target':>27}")
+  if args.lines:
+    gen = evaluate.calibrate_sampler(gen, seed=args.seed)
+    gain = tuple(gen.config.model.onset_gain)
+  else:
+    gain, rows = evaluate.calibrate_onset_gain(gen, split=args.split, num=args.num,
+                                               iterations=args.iterations, seed=args.seed)
+    print(f"{'round':>5}  {'gain S A T B':>27}  {'notes/bar':>27}  {'target':>27}")
     for i, row in enumerate(rows):
-      print(f"{i:5d}  {' '.join(f'{x:6.3f}' for x in row['mean_leap']):>27}  "
+      print(f"{i:5d}  {' '.join(f'{x:6.3f}' for x in row['gain']):>27}  "
+            f"{' '.join(f'{x:6.3f}' for x in row['notes_per_bar']):>27}  "
             f"{' '.join(f'{x:6.3f}' for x in row['target']):>27}")
-    gen = evaluate.with_interval_weights(gen, weights)
-  gain, rows = evaluate.calibrate_onset_gain(gen, split=args.split, num=args.num,
-                                             iterations=args.iterations, seed=args.seed)
-  print(f"{'round':>5}  {'gain S A T B':>27}  {'notes/bar':>27}  {'target':>27}")
-  for i, row in enumerate(rows):
-    print(f"{i:5d}  {' '.join(f'{x:6.3f}' for x in row['gain']):>27}  "
-          f"{' '.join(f'{x:6.3f}' for x in row['notes_per_bar']):>27}  "
-          f"{' '.join(f'{x:6.3f}' for x in row['target']):>27}")
   print(f"best: model.onset_gain={gain}  ({time.perf_counter() - t0:.0f} s)")
   if args.write:
     config = config_lib.load_run_config(args.workdir)
     config.model.onset_gain = gain
-    if args.intervals:
-      config.model.interval_prior = gen.config.model.interval_prior
-      config.model.interval_weights = gen.config.model.interval_weights
+    if args.lines:
+      for key in ("interval_prior", "interval_weights", "syncopation_weights"):
+        config.model[key] = gen.config.model[key]
     config_lib.save_run_config(config, args.workdir)
     print(f"wrote {args.workdir}/config.json")
   return 0

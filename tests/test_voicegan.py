@@ -93,6 +93,10 @@ def test_mask_kinds_come_in_their_shares():
     ("--config.model.interval_weights=(0.5, 0.5)", "model.interval_weights"),  # 14 per voice
     ("--config.model.pickup_shares=(1.0,)", "model.pickup_shares"),          # one per step
     (f"--config.model.pickup_shares={tuple([0.5] * 8)!r}", "model.pickup_shares"),  # sum 4
+    ("--config.model.ornament_shares=(0.5, 0.5)", "model.ornament_shares"),  # 2 ** 2 sets
+    ("--config.model.ornament_shares=(0.5, 0.5, 0.5, 0.5)", "model.ornament_shares"),  # sum 2
+    ("--config.model.syncopation_weights=(-1.0,)", "model.syncopation_weights"),  # per voice
+    ("--config.model.syncopation_weights=(-1.0, -50.0)", "model.syncopation_weights"),
 ])
 def test_bad_voices_config_fails_naming_the_key(override, key):
   with pytest.raises(config_lib.ConfigError, match=key.replace(".", r"\.")):
@@ -353,6 +357,75 @@ def test_pickup_prior_opens_free_pieces_as_the_shares_say_and_leaves_given_ones(
   assert 6 <= pickup.sum() <= 26, pickup.sum()
 
 
+def _free_and_given(engine, b: int, seed: int):
+  """(z, key, nothing given, a condition with the first bar given, its roll)."""
+  key = jax.random.PRNGKey(seed)
+  z = jax.random.normal(key, (b, engine.latent_size))
+  _, roll, known, _ = _random_condition(engine, b, seed, given=0.0, restrikes=0.0, rests=False)
+  known = known.at[:, 0].set(True)
+  return z, key, engine.empty_condition(key, b), {"context": roll, "known": known}, roll
+
+
+def test_ornament_prior_joins_the_one_step_notes_of_plain_voices_in_free_pieces(engine_state):
+  engine, state = engine_state
+  layout = engine.layout
+  b = 32
+  z, key, free_cond, given_cond, roll = _free_and_given(engine, b, 7)
+  out = {}
+  # shares over the sets of the 2 voices with one-step notes: none, voice 0, voice 1, both
+  for name, shares in (("off", None), ("all plain", (1.0, 0.0, 0.0, 0.0)),
+                       ("all ornamented", (0.0, 0.0, 0.0, 1.0)),
+                       ("voice 1 only", (0.0, 0.0, 1.0, 0.0))):
+    overrides = ["--config.model.gibbs_rounds=4"]
+    if shares:
+      overrides += ["--config.model.ornament_prior=True",
+                    f"--config.model.ornament_shares={shares!r}"]
+    model = voicegan.VoiceModel(tiny(*overrides), engine.mesh)
+    gibbs = jax.jit(model.gibbs)
+    got, strike = voices_lib.classes_from_roll(layout, gibbs(state["g_ema"], z, key, free_cond))
+    pitched = np.asarray(got) != voices_lib.REST
+    beside = (np.concatenate([np.zeros_like(pitched[:, :1]), pitched[:, :-1]], 1)
+              | np.concatenate([pitched[:, 1:], np.zeros_like(pitched[:, :1])], 1))
+    joinable = np.asarray(voices_lib.one_step_notes(got, strike)) & beside
+    out[name] = (np.asarray(got), joinable.sum((0, 1)),
+                 np.asarray(gibbs(state["g_ema"], z, key, given_cond)))
+  # The untrained network writes one-step notes in both voices; plain voices keep none they
+  # could join, ornamented ones are left as the network wrote them (as with the prior off).
+  assert (out["off"][1] > 5).all(), out["off"][1]
+  assert (out["all plain"][1] == 0).all(), out["all plain"][1]
+  np.testing.assert_array_equal(out["all ornamented"][0], out["off"][0])
+  assert out["voice 1 only"][1][0] == 0 and out["voice 1 only"][1][1] > 5
+  # Pieces with given cells are not the prior's: bit for bit as with it off.
+  for name in ("all plain", "voice 1 only"):
+    np.testing.assert_array_equal(out[name][2], out["off"][2])
+  np.testing.assert_array_equal(out["off"][2][:, 0], np.asarray(roll)[:, 0])
+
+
+def test_syncopation_weights_steer_the_sampler(engine_state):
+  engine, state = engine_state
+  layout = engine.layout
+  b = 32
+  z, key, free_cond, given_cond, _ = _free_and_given(engine, b, 9)
+  spb = engine.config.data.steps_per_beat
+  counts = {}
+  for weights in ((), (6.0, 6.0), (6.0, 0.0)):
+    model = voicegan.VoiceModel(tiny("--config.model.gibbs_rounds=8",
+                                     f"--config.model.syncopation_weights={weights!r}"),
+                                engine.mesh)
+    got, strike = voices_lib.classes_from_roll(
+        layout, jax.jit(model.gibbs)(state["g_ema"], z, key, free_cond))
+    counts[weights] = np.asarray(voices_lib.syncopations(got, strike, spb)).sum((0, 1))
+    given = jax.jit(model.gibbs)(state["g_ema"], z, key, given_cond)
+    np.testing.assert_array_equal(np.asarray(given)[:, 0],
+                                  np.asarray(given_cond["context"])[:, 0])
+  # The untrained network changes pitch almost every step: it seldom holds a note over a beat.
+  # A weight for it makes it common, in the voice it is given to (the shipped model's weights
+  # are negative: they cut what its network writes too often).
+  off, both, first = counts[()], counts[(6.0, 6.0)], counts[(6.0, 0.0)]
+  assert (both > 5 * np.maximum(off, 2)).all(), counts
+  assert first[0] > 5 * max(off[0], 2) and first[1] < 3 * max(off[1], 2), counts
+
+
 # --- training -------------------------------------------------------------------------------
 
 
@@ -425,8 +498,13 @@ def test_export_loads_without_training_state_and_samples_the_same(tmp_path):
   # a gain only adds notes), and the export samples with it.
   calibrated = str(tmp_path / "calibrated")
   assert cli.main(["export", "--workdir", workdir, "--out", calibrated, "--calibrate"]) == 0
-  gain = tuple(sample_lib.Generator.from_workdir(calibrated).config.model.onset_gain)
+  shipped = sample_lib.Generator.from_workdir(calibrated).config.model
+  gain = tuple(shipped.onset_gain)
   assert len(gain) == 2 and min(gain) >= 1.0
+  # ... and the leap and syncopation weights it calibrated before the gain.
+  assert len(shipped.interval_weights) == 2 * voices_lib.INTERVAL_BINS
+  assert len(shipped.syncopation_weights) == 2
+  assert any(w != 0 for w in shipped.syncopation_weights)
   assert tuple(config_lib.load_run_config(workdir).model.onset_gain) == ()   # the run's own
   # A damaged weights file is refused with its name.
   with open(os.path.join(out, "generator.msgpack"), "r+b") as f:

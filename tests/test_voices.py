@@ -454,3 +454,88 @@ def test_pickup_cells_follow_the_drawn_length_in_free_pieces_only():
       sound[100:], np.broadcast_to((step >= length[:, None, None])
                                    & (step < length[:, None, None] + bar),
                                    sound[100:].shape))
+
+
+def test_ornament_shares_count_the_sets_of_voices_with_one_step_notes():
+  roll = np.zeros((4,) + SHAPE[1:], np.uint8)
+  flat = roll.reshape(4, -1, SHAPE[3], SHAPE[4])
+  flat[:, :, 12, 0] = 1                    # every piece: voice 0 holds one pitch...
+  flat[:, :, 3, 2] = 1                     # ...and voice 1 another
+  flat[1, 5, 12, 0] = 0                    # piece 1: voice 0 sings a 16th (another pitch)
+  flat[1, 5, 14, 0] = 1
+  flat[2, 7, 3, 2] = 0                     # piece 2: voice 1 does
+  flat[2, 7, 4, 2] = 1
+  flat[3, 5, 12, 0] = 0                    # piece 3: both do
+  flat[3, 5, 14, 0] = 1
+  flat[3, 9, 3, 2] = 0
+  flat[3, 9, 4, 2] = 1
+  flat[0, 6, 7, 1] = 1                     # a polyphonic track is no voice
+  shares = voices.ornament_shares(LAYOUT, roll)
+  np.testing.assert_allclose(shares, [1 / 4, 1 / 4, 1 / 4, 1 / 4])
+  # A held pitch struck again for one step is a one-step note too.
+  flat[0, 10, 12, 0] = 2
+  flat[0, 11, 12, 0] = 2
+  np.testing.assert_allclose(voices.ornament_shares(LAYOUT, roll), [0, 2 / 4, 1 / 4, 1 / 4])
+
+
+def test_plain_voices_follow_the_drawn_sets_in_free_pieces_only():
+  num, steps = 400, 24
+  free = np.ones((num, steps, 2), bool)
+  free[:60, 9, 1] = False                  # a restoration or accompaniment: nothing drawn
+  shares = jnp.asarray([0.5, 0.0, 0.3, 0.2])   # none / voice 1 only / both
+  plain = np.asarray(voices.plain_voices(jax.random.PRNGKey(0), jnp.asarray(free), shares))
+  assert plain.shape == (num, 1, 2)
+  assert not plain[:60].any()
+  drawn = plain[60:, 0]
+  # Voice 0 is never ornamented alone, so where it is, voice 1 is too.
+  assert not (~drawn[:, 0] & drawn[:, 1]).any()
+  whole = np.asarray(voices.plain_voices(jax.random.PRNGKey(1), jnp.ones((num, steps, 2), bool),
+                                         shares))[:, 0]
+  counts = np.array([(whole[:, 0] & whole[:, 1]).sum(), (whole[:, 0] & ~whole[:, 1]).sum(),
+                     (~whole[:, 0] & ~whole[:, 1]).sum()])
+  assert np.abs(counts - num * np.array([0.5, 0.3, 0.2])).max() <= 1, counts
+
+
+def test_syncopations_on_hand_made_lines():
+  a, b, c, r = 3, 5, 7, voices.REST
+  # 4 steps per beat. b begins on an 8th off the beat and is held over beat 1; c begins off
+  # the beat and ends on the next beat; a is a whole note from a beat; a held 8th after a
+  # rest is no syncopation unless it is held over the beat.
+  line = _line(a, a, b, b, b, b, c, c, a, a, a, a, a, a, a, a, r, r, c, c, c, r, r, r)
+  got = voices.syncopations(line, jnp.zeros(line.shape, bool), 4)
+  want = np.zeros(24, int)
+  want[4] = 1                              # b over beat 1
+  want[20] = 1                             # c (from step 18) over beat 5
+  np.testing.assert_array_equal(np.asarray(got)[0, :, 0], want)
+  # Struck again on the beat, the held note is two notes: no syncopation.
+  strike = np.zeros(line.shape, bool)
+  strike[0, 4, 0] = True
+  got = voices.syncopations(line, jnp.asarray(strike), 4)
+  assert not np.asarray(got)[0, 4, 0]
+  # A note begun off a beat and held over two counts once.
+  line = _line(a, a, b, b, b, b, b, b, b, b)
+  np.testing.assert_array_equal(np.asarray(voices.syncopations(line, jnp.zeros(line.shape, bool),
+                                                               4))[0, :, 0].nonzero()[0], [4])
+
+
+@settings(max_examples=10, deadline=None)
+@given(voice_lines(), st.integers(0, 2**31 - 1))
+def test_syncopation_prior_counts_what_each_choice_would_make(roll, seed):
+  """The prior of a class at a cell differs from another class's by the weighted difference in
+  the voice's syncopations over the whole piece with either choice at that cell."""
+  classes, strike = voices.classes_from_roll(LAYOUT, jnp.asarray(roll))
+  classes, strike = np.asarray(classes)[:1, :16], np.asarray(strike)[:1, :16]
+  weights = np.asarray([-1.5, 2.0])
+  num_classes = LAYOUT.num_classes
+  prior = np.asarray(voices.syncopation_log_prior(jnp.asarray(classes), jnp.asarray(strike),
+                                                  num_classes, 4, weights))
+  rng = np.random.default_rng(seed)
+  count = jax.jit(lambda c: voices.syncopations(c, jnp.asarray(strike), 4).sum((0, 1)))
+  for t, v in zip(rng.integers(0, 16, 6), rng.integers(0, 2, 6)):
+    totals = []
+    for c in range(num_classes):
+      changed = classes.copy()
+      changed[0, t, v] = c
+      totals.append(float(np.asarray(count(jnp.asarray(changed)))[v]) * weights[v])
+    np.testing.assert_allclose(prior[0, t, v] - prior[0, t, v, 0],
+                               np.asarray(totals) - totals[0], atol=1e-6)

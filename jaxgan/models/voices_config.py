@@ -51,6 +51,14 @@ def model_config() -> ml_collections.ConfigDict:
   m.pickup_shares = ()          # that prior: share of excerpts opening with L steps of rest
                                 # in every voice, L = 0 .. steps_per_bar - 1; measured from
                                 # the training data when training starts
+  m.ornament_prior = False      # free pieces give one-step notes to as many voices, and to
+                                # the same sets of voices, as the training excerpts do (the
+                                # others' are joined, as join_short_notes does)
+  m.ornament_shares = ()        # that prior: share of excerpts whose voices with a one-step
+                                # note are each subset of the voices (bit v = voice v), 2 ** V
+                                # values; measured from the training data when training starts
+  m.syncopation_weights = ()    # per voice, a log-factor on each note that begins off a beat
+                                # and is held over the next one (jaxgan export --calibrate)
   return m
 
 
@@ -130,6 +138,21 @@ def check_config(config) -> None:
     raise ConfigError(f"model.pickup_shares must hold {steps} shares in [0, 1] summing to 1 "
                       f"(one per pickup length 0 .. {steps - 1} steps), or be empty (measured "
                       f"when training starts); got {pickups!r}")
+  if not isinstance(m.get("ornament_prior", False), bool):
+    raise ConfigError(f"model.ornament_prior={m.ornament_prior!r} must be True or False")
+  ornaments = tuple(m.get("ornament_shares", ()))
+  if ornaments and (len(ornaments) != 2 ** voices or not all(
+      isinstance(s, (int, float)) and not isinstance(s, bool) and 0 <= s <= 1 for s in ornaments)
+      or abs(sum(ornaments) - 1) > 1e-3):
+    raise ConfigError(f"model.ornament_shares must hold {2 ** voices} shares in [0, 1] summing "
+                      f"to 1 (one per set of voices, bit v = voice v), or be empty (measured "
+                      f"when training starts); got {len(ornaments)} values")
+  tie = tuple(m.get("syncopation_weights", ()))
+  if tie and (len(tie) != voices or not all(
+      isinstance(w, (int, float)) and not isinstance(w, bool) and abs(w) <= 20 for w in tie)):
+    raise ConfigError(f"model.syncopation_weights must hold {voices} log-factors in [-20, 20], "
+                      f"one per voice (jaxgan export --calibrate measures them), or be empty "
+                      f"(none); got {tie!r}")
   for key in ("temperature", "final_temperature"):
     if not m.get(key, 1.0) > 0:
       raise ConfigError(f"model.{key}={m.get(key)!r} must be > 0")
