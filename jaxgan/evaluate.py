@@ -98,22 +98,12 @@ def resolve_sampler_priors(config) -> None:
 def with_pickup_prior(gen):
   """`gen` (a voices model) sampling with the pickup prior on, its shares measured from the
   run's training split: for runs saved before model.pickup_prior existed."""
-  return _with_measured_prior(gen, "pickup")
-
-
-def with_ornament_prior(gen):
-  """`gen` (a voices model) sampling with the ornament prior on, its shares measured from the
-  run's training split: for runs saved before model.ornament_prior existed."""
-  return _with_measured_prior(gen, "ornament")
-
-
-def _with_measured_prior(gen, name: str):
   config = gen.config.copy_and_resolve_references()
   with config.unlocked():
-    config.model[f"{name}_prior"], config.model[f"{name}_shares"] = True, ()
+    config.model.pickup_prior, config.model.pickup_shares = True, ()
   resolve_sampler_priors(config)
-  return with_model_settings(gen, **{f"{name}_prior": True,
-                                     f"{name}_shares": tuple(config.model[f"{name}_shares"])})
+  return with_model_settings(gen, pickup_prior=True,
+                             pickup_shares=tuple(config.model.pickup_shares))
 
 
 def with_model_settings(gen, **settings: Any):
@@ -210,59 +200,44 @@ def calibrate_interval_weights(gen, *, split: str = "train", num: int = 256, rou
   round adds `step` x log(data's share / samples' share) of every leap size, starting from
   the weights the model has (none: its own leaps); a share is counted with one leap added to
   every size, and the weights stay within +-`max_weight`. The last round only measures."""
+  m = gen.engine.model_cfg
+  if not voicegan.is_voice_model(gen.config):
+    raise ValueError("interval weights steer the Gibbs sampler of a voices model "
+                     "(model.arch='voices')")
+  layout = gen.engine.layout
   sizes = np.arange(voices_lib.INTERVAL_BINS)
+
+  def share(counts):
+    return (counts + 1.0) / (counts + 1.0).sum(-1, keepdims=True)
 
   def mean_leap(counts):
     return tuple(round(float(x), 3)
                  for x in (counts * sizes).sum(-1) / np.maximum(counts.sum(-1), 1))
 
-  return _calibrate_log_factors(gen, "interval_weights", voices_lib.interval_counts,
-                                ("mean_leap", mean_leap), split=split, num=num, rounds=rounds,
-                                step=step, seed=seed, max_weight=max_weight)
-
-
-def _calibrate_log_factors(gen, name: str, count: Callable, summary: tuple[str, Callable], *,
-                           split: str, num: int, rounds: int, step: float, seed: int,
-                           max_weight: float) -> tuple[tuple[float, ...], list[dict[str, Any]]]:
-  """model.NAME, per voice a log-factor per bin of `count` (layout, rolls) -> [V, bins],
-  moved toward the data's shares of the bins round by round (see
-  `calibrate_interval_weights`)."""
-  m = gen.engine.model_cfg
-  if not voicegan.is_voice_model(gen.config):
-    raise ValueError(f"model.{name} steers the Gibbs sampler of a voices model "
-                     "(model.arch='voices')")
-  layout = gen.engine.layout
-  label, summarize = summary
-
-  def share(counts):
-    return (counts + 1.0) / (counts + 1.0).sum(-1, keepdims=True)
-
-  data = count(layout, split_windows(gen.config, split, hop_bars=1))
-  weights = np.asarray(tuple(m.get(name, ())) or np.zeros(data.size),
+  data = voices_lib.interval_counts(layout, split_windows(gen.config, split, hop_bars=1))
+  weights = np.asarray(tuple(m.get("interval_weights", ())) or np.zeros(data.size),
                        np.float64).reshape(data.shape)
-  prior = float(m.get("interval_prior", 0.0)) or 1.0
   rows = []
   for r in range(rounds + 1):
-    trial = with_model_settings(gen, interval_prior=prior,
-                                **{name: tuple(round(float(w), 3) for w in weights.reshape(-1))})
-    counts = count(layout, sample.sample(trial, jax.random.PRNGKey(seed), num))
-    rows.append({name: trial.config.model[name], label: summarize(counts),
-                 "target": summarize(data)})
+    trial = with_interval_weights(gen, (round(float(w), 3) for w in weights.reshape(-1)))
+    counts = voices_lib.interval_counts(layout, sample.sample(trial, jax.random.PRNGKey(seed),
+                                                              num))
+    rows.append({"interval_weights": trial.config.model.interval_weights,
+                 "mean_leap": mean_leap(counts), "target": mean_leap(data)})
     if r < rounds:
       weights = np.clip(weights + step * np.log(share(data) / share(counts)), -max_weight,
                         max_weight)
-  return rows[-1][name], rows
+  return rows[-1]["interval_weights"], rows
 
 
 def syncopation_rates(gen, rolls: np.ndarray) -> np.ndarray:
   """float [V]: per voice, the share of the beats it sounds on (and on the step before) that
   hold a note begun off the beat (voices.syncopations), in uint8 rolls."""
-  classes, restrike = voices_lib.classes_from_roll(gen.engine.layout, jnp.asarray(rolls))
-  events = np.asarray(voices_lib.syncopations(classes, restrike,
-                                              int(gen.config.data.steps_per_beat)))
-  classes = np.asarray(classes)
-  before = np.concatenate([np.zeros_like(classes[:, :1]), classes[:, :-1]], 1)
   spb = int(gen.config.data.steps_per_beat)
+  classes, restrike = voices_lib.classes_from_roll(gen.engine.layout, jnp.asarray(rolls))
+  events = np.asarray(voices_lib.syncopations(classes, restrike, spb))
+  before, _ = voices_lib.neighbours(classes, voices_lib.REST)
+  classes, before = np.asarray(classes), np.asarray(before)
   beat = (np.arange(classes.shape[1]) % spb == 0)[None, :, None]
   sounding = beat & (classes != voices_lib.REST) & (before != voices_lib.REST)
   return events.sum((0, 1)) / np.maximum(sounding.sum((0, 1)), 1)
