@@ -36,7 +36,7 @@ def model_config() -> ml_collections.ConfigDict:
   m.gibbs_anneal = 0.7          # ...over this share of the rounds
   m.temperature = 1.0           # sampling temperature of the class distributions in the first
   m.final_temperature = 0.7     # round, moving linearly to this in the last
-  m.voice_leading_penalty = 6.0  # logit penalty per parallel fifth/octave a draw would make
+  m.voice_leading_penalty = 9.0  # logit penalty per parallel fifth/octave a draw would make
   m.metre_prior = 0.7           # weight of the log-prior of note starts by step of the bar
   m.onset_rates = ()            # that prior: note-start share per step of the bar, one row
                                 # per voice one after another (or one row for all), measured
