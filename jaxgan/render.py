@@ -278,3 +278,134 @@ def wav_for(midi_path: str) -> str | None:
 def stale(midi_paths: Sequence[str]) -> list[str]:
   """The MIDI files without an up-to-date WAV beside them."""
   return [p for p in midi_paths if wav_for(p) is None]
+
+
+# --- Machine listening: what the rendered audio holds, beat by beat ---------------------------
+# No substitute for an ear, but it hears what an ear would notice first: silent stretches, a
+# render that lost or mangled the written notes, and harmony that never moves.
+
+LISTEN_BAND_HZ = (60.0, 2100.0)  # the fundamentals of four voices (B1 to C7)
+SILENT_DB = -40.0  # a beat this far under the piece's loudest beat counts as silent
+
+
+def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+  """(mono float samples in [-1, 1], sample rate) of a 16-bit PCM WAV."""
+  path = os.fspath(path)
+  try:
+    with wave.open(path, "rb") as w:
+      if w.getsampwidth() != 2:
+        raise RenderError(path, f"{8 * w.getsampwidth()}-bit samples; 16-bit PCM expected")
+      rate, channels = w.getframerate(), w.getnchannels()
+      data = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+  except (wave.Error, EOFError, OSError) as e:
+    raise RenderError(path, f"not a readable WAV file ({e})") from None
+  data = data[:data.size - data.size % channels].reshape(-1, channels)
+  return data.astype(np.float64).mean(axis=1) / 32768.0, rate
+
+
+def beat_times(midi_path: str | os.PathLike) -> np.ndarray:
+  """Seconds at which each beat (quarter note) of a MIDI file starts, up to its last event,
+  following its tempo changes."""
+  import miditoolkit  # pylint: disable=import-outside-toplevel
+  midi = miditoolkit.MidiFile(os.fspath(midi_path))
+  ticks = np.arange(0, midi.max_tick + 1, midi.ticks_per_beat)
+  return _ticks_to_seconds(midi, ticks)
+
+
+def _ticks_to_seconds(midi, ticks: np.ndarray) -> np.ndarray:
+  changes = sorted(midi.tempo_changes, key=lambda c: c.time)
+  starts, qpms = [0], [120.0]
+  for change in changes:
+    if change.time == starts[-1]:
+      qpms[-1] = float(change.tempo)
+    else:
+      starts.append(change.time)
+      qpms.append(float(change.tempo))
+  starts = np.asarray(starts, np.float64)
+  per_tick = 60.0 / (np.asarray(qpms) * midi.ticks_per_beat)
+  offsets = np.concatenate([[0.0], np.cumsum(np.diff(starts) * per_tick[:-1])])
+  seg = np.searchsorted(starts, ticks, side="right") - 1
+  return offsets[seg] + (ticks - starts[seg]) * per_tick[seg]
+
+
+def midi_chroma(midi_path: str | os.PathLike, beats: np.ndarray) -> np.ndarray:
+  """[beats - 1, 12]: per beat, the seconds each pitch class sounds in the MIDI file (drums
+  left out), summed over notes."""
+  import miditoolkit  # pylint: disable=import-outside-toplevel
+  midi = miditoolkit.MidiFile(os.fspath(midi_path))
+  chroma = np.zeros((max(len(beats) - 1, 0), 12))
+  for inst in midi.instruments:
+    if inst.is_drum or not inst.notes:
+      continue
+    on = _ticks_to_seconds(midi, np.array([n.start for n in inst.notes]))
+    off = _ticks_to_seconds(midi, np.array([n.end for n in inst.notes]))
+    overlap = (np.minimum(off[:, None], beats[None, 1:])
+               - np.maximum(on[:, None], beats[None, :-1])).clip(min=0)   # [notes, beats]
+    pcs = np.array([n.pitch % 12 for n in inst.notes])
+    np.add.at(chroma.T, pcs, overlap)
+  return chroma
+
+
+def audio_chroma(samples: np.ndarray, rate: int, beats: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """([beats - 1, 12] power per pitch class, [beats - 1] level in dB under the loudest beat)
+  of mono audio, one spectrum per beat. A spectral bin counts for the pitch class nearest its
+  frequency: overtones add a little fifth and third above each note, alike for every piece."""
+  n = len(beats) - 1
+  chroma, power = np.zeros((n, 12)), np.zeros(n)
+  for b in range(n):
+    seg = samples[int(beats[b] * rate):int(beats[b + 1] * rate)]
+    if seg.size < 16:
+      continue
+    power[b] = float(np.mean(seg ** 2))
+    # Zero-padded to ~1.3 Hz bins: a semitone at the band's bottom is ~3.6 Hz wide.
+    size = 1 << int(np.ceil(np.log2(max(seg.size, rate * 0.75))))
+    spectrum = np.abs(np.fft.rfft(seg * np.hanning(seg.size), size)) ** 2
+    freqs = np.fft.rfftfreq(size, 1.0 / rate)
+    band = (freqs >= LISTEN_BAND_HZ[0]) & (freqs <= LISTEN_BAND_HZ[1])
+    pcs = np.round(12 * np.log2(freqs[band] / 440.0) + 69).astype(int) % 12
+    np.add.at(chroma[b], pcs, spectrum[band])
+  loudest = power.max(initial=0.0)
+  level = 10 * np.log10(np.maximum(power, 1e-20) / max(loudest, 1e-20))
+  return chroma, level
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  norm = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+  return np.divide((a * b).sum(-1), norm, out=np.zeros(norm.shape), where=norm > 0)
+
+
+def listen(midi_path: str | os.PathLike, wav_path: str | os.PathLike | None = None
+           ) -> dict[str, float]:
+  """What the WAV rendered from a MIDI file holds, beat by beat (wav_path default: beside it):
+
+  - "agreement": mean cosine between the audio's and the MIDI's pitch-class profile over the
+    beats where notes sound: ~1 when the render holds the written notes;
+  - "change": mean 1 - cosine between the audio profiles of consecutive sounding beats: how
+    much the harmony moves as heard (one chord struck bar after bar: ~0);
+  - "static": share of consecutive sounding beats heard as the same sound (cosine > 0.95: a
+    chord struck again sounds 0.98-0.99 alike);
+  - "silent": share of the piece's beats more than 40 dB under its loudest beat;
+  - "pitch_classes": pitch classes per sounding beat holding 90 % of the heard power.
+  """
+  midi_path = os.fspath(midi_path)
+  wav_path = os.fspath(wav_path) if wav_path else os.path.splitext(midi_path)[0] + ".wav"
+  beats = beat_times(midi_path)
+  if len(beats) < 2:
+    raise RenderError(midi_path, "shorter than one beat: nothing to listen to")
+  samples, rate = read_wav(wav_path)
+  heard, level = audio_chroma(samples, rate, beats)
+  written = midi_chroma(midi_path, beats)
+  sounding = (written.sum(1) > 0) & (level > SILENT_DB)
+  pairs = sounding[1:] & sounding[:-1]
+  similarity = _cosine(heard[1:], heard[:-1])[pairs]
+  share = np.sort(heard[sounding], axis=1)[:, ::-1].cumsum(1)
+  kept = (share < 0.9 * share[:, -1:]).sum(1) + 1 if len(share) else np.zeros(0)
+  nan = float("nan")
+  return {
+      "agreement": float(_cosine(heard, written)[sounding].mean()) if sounding.any() else nan,
+      "change": float((1 - similarity).mean()) if pairs.any() else nan,
+      "static": float((similarity > 0.95).mean()) if pairs.any() else nan,
+      "silent": float((level <= SILENT_DB).mean()),
+      "pitch_classes": float(kept.mean()) if len(kept) else nan,
+  }

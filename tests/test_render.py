@@ -243,3 +243,74 @@ def test_render_many_keeps_order_and_refuses_to_overwrite(fake_audio):
   assert render.stale([str(m) for m in midis]) == [str(m) for m in midis]  # none beside them
   wavs, errors = render.render_many(midis)
   assert not errors and render.stale([str(m) for m in midis]) == []
+
+
+# --- Machine listening -----------------------------------------------------------------------
+
+
+def write_chords(path, chords, *, qpm: float = 120.0, beats_each: int = 2,
+                 faster: bool = False) -> None:
+  """Four voices (choir) singing the given chords (MIDI pitches), each held `beats_each` beats,
+  through the project's writer; with `faster`, the second half 1.5x as fast."""
+  notes = []
+  for k, chord in enumerate(chords):
+    for v, pitch in enumerate(chord):
+      notes.append((v, pitch, k * beats_each * 4, beats_each * 4, 90))
+  bars = len(chords) * beats_each // 4
+  tempos = np.full(bars, qpm, np.float32)
+  if faster:
+    tempos[bars // 2:] = qpm * 1.5
+  song = Song(notes=np.array(notes, np.int32), num_bars=bars, steps_per_beat=4,
+              time_signature=(4, 4), tempos=tempos,
+              tracks=tuple(Track(f"v{v}", 52) for v in range(4)), source=str(path))
+  write_midi(song, path)
+
+
+def test_beat_times_follow_tempo_changes(tmp_path):
+  mid = tmp_path / "c.mid"
+  write_chords(mid, [(60, 64, 67, 72)] * 4, faster=True)   # 2 bars, 120 then 180 qpm
+  beats = render.beat_times(mid)
+  np.testing.assert_allclose(beats, [0, .5, 1, 1.5, 2, 2 + 1 / 3, 2 + 2 / 3, 3, 3 + 1 / 3],
+                             atol=1e-5)
+  chroma = render.midi_chroma(mid, beats)
+  assert chroma.shape == (8, 12)
+  np.testing.assert_allclose(chroma[0, [0, 4, 7]], [1.0, 0.5, 0.5])   # C twice, E, G
+  np.testing.assert_allclose(chroma[5, [0, 4, 7]], [2 / 3, 1 / 3, 1 / 3], rtol=1e-5)
+  assert chroma[:, [1, 2, 3, 5, 6, 8, 9, 10, 11]].sum() == 0
+
+
+def test_audio_chroma_hears_a_sine_s_pitch_class_and_its_level():
+  rate = 8000
+  t = np.arange(2 * rate) / rate
+  audio = np.where(t < 1, 0.5 * np.sin(2 * np.pi * 440 * t), 0.001 * np.sin(2 * np.pi * 262 * t))
+  chroma, level = render.audio_chroma(audio, rate, np.array([0.0, 0.5, 1.0, 1.5, 2.0]))
+  assert (chroma[:2].argmax(1) == 9).all() and (chroma[2:].argmax(1) == 0).all()   # A, then C
+  assert chroma[0, 9] > 50 * np.delete(chroma[0], 9).max()
+  np.testing.assert_allclose(level[:2], 0, atol=0.1)
+  assert -55 < level[2] < -45                       # 0.001 against 0.5: -54 dB
+
+
+@needs_fluidsynth
+def test_listen_hears_the_written_chords_and_whether_they_move(tmp_path):
+  moving, still = tmp_path / "moving.mid", tmp_path / "still.mid"
+  write_chords(moving, [(72, 67, 64, 48), (72, 69, 65, 53), (71, 67, 62, 55), (72, 67, 64, 48)]
+               * 2)
+  write_chords(still, [(72, 67, 64, 48)] * 8)
+  heard = {}
+  for mid in (moving, still):
+    render.render_wav(mid, sample_rate=22050)
+    heard[mid.stem] = render.listen(mid)
+  for h in heard.values():
+    assert h["agreement"] > 0.7 and h["silent"] == 0.0, heard
+    assert 2 <= h["pitch_classes"] <= 6, heard
+  # Chords change every 2 beats: half the beat pairs move; one chord held moves on none.
+  assert heard["moving"]["change"] > 5 * heard["still"]["change"], heard
+  assert heard["still"]["static"] > 0.9 and heard["moving"]["static"] < 0.7, heard
+
+
+def test_listen_refuses_a_wav_that_is_not_one(tmp_path):
+  mid = tmp_path / "c.mid"
+  write_chords(mid, [(60, 64, 67, 72)] * 2)
+  (tmp_path / "c.wav").write_bytes(b"RIFF not audio")
+  with pytest.raises(render.RenderError, match="c.wav.*not a readable WAV"):
+    render.listen(mid)

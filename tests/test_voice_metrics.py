@@ -215,6 +215,27 @@ def test_tonal_distance_between_lines():
   assert td[1] > 0.5 and td[1] == pytest.approx(td[2])
 
 
+def test_held_chords_count_chords_every_voice_holds_two_beats():
+  count = lambda *lines: int(VM.held_chord_counts(voices(*lines))[0])  # noqa: E731
+  # Both voices struck together and held 8 steps (two beats at SPB 4), then moving on.
+  assert count(line((72, 8), (74, 4), (76, 4)), line((60, 8), (59, 4), (57, 4))) == 1
+  # Held 7 steps: a beat and three quarters is not a held chord (the 9 steps after it are).
+  assert count(line((72, 7), (74, 9)), line((60, 7), (59, 9))) == 1
+  assert count(line((72, 7), (74, 2), (76, 7)), line((60, 16))) == 0
+  # One voice moves in the middle: two chords of 4 steps, neither held.
+  assert count(line((72, 8), (74, 4), (76, 4)), line((60, 4), (62, 4), (64, 4), (65, 4))) == 0
+  # A voice that rests is no chord of every voice; one that enters late starts the chord there.
+  assert count(line((72, 16)), line((None, 4), (60, 12))) == 1
+  assert count(line((72, 16)), line((None, 10), (60, 6))) == 0
+  # A repeated note (struck again at the same pitch) ends the chord; a chord running to the end
+  # of the piece counts, and so do two in a row.
+  assert count(line((72, 4), (72, 4)), line((60, 8))) == 0
+  assert count(line((72, 8), (74, 8)), line((60, 8), (59, 8))) == 2
+  # Per bar in the statistics: one held chord in a piece of two bars of 8 steps.
+  v = voices(line((72, 8), (74, 4), (76, 4)), line((60, 8), (59, 4), (57, 4)), steps_per_bar=8)
+  assert VM.piece_statistics(v)["held_chords"][0, 0] == 0.5
+
+
 def test_statistics_averages_pieces_and_skips_undefined():
   sounding = line((60, 8), (62, 8))
   silent = line((None, 16))
@@ -474,7 +495,7 @@ def test_report_of_bach_against_itself_is_within_target(chorales):
   lines = result["table"].splitlines()
   assert lines[0].split()[:4] == ["statistic", "voice", "Bach", "model"]
   assert len(lines) == result["total"] + 2
-  assert {r["statistic"] for r in result["rows"]} == (set(VM.STATISTICS) | {"TD"}
+  assert {r["statistic"] for r in result["rows"]} == (set(VM.STATISTICS) | {"TD", "held_chords"}
                                                       | set(VM.VOICE_LEADING))
 
 
@@ -522,6 +543,7 @@ VOICE_CATCHES = {
     "PCE": {"chord"},
     "interval": {"chord", "random_lines"},
     "TD": {"noise"},
+    "held_chords": {"chord", "noise", "random_lines"},
     "parallel_fifths": {"fifths"},
     "parallel_octaves": {"doubled"},
     "crossing": {"noise", "cluster", "random_lines"},
