@@ -66,8 +66,9 @@ def real_windows(config, split: str, num: int) -> np.ndarray:
 def resolve_sampler_priors(config) -> None:
   """Fills, from the training split of a voices config and when not already set,
   model.onset_rates (a row per voice) where its sampler has a metre prior (model.metre_prior
-  > 0), model.pickup_shares where it has the pickup prior (model.pickup_prior) and
-  model.ornament_shares where it has the ornament prior (model.ornament_prior): saved with
+  > 0), model.pickup_shares where it has the pickup prior (model.pickup_prior),
+  model.ornament_shares where it has the ornament prior (model.ornament_prior) and
+  model.hold_shares where it has the hold prior (model.hold_prior): saved with
   the run's config, so that sampling never needs the data. Reads the split once, every
   excerpt as training crops them; does nothing for other configs."""
   m = config.model
@@ -77,7 +78,8 @@ def resolve_sampler_priors(config) -> None:
   want_pickups = bool(m.get("pickup_prior", False)) and not tuple(m.get("pickup_shares", ()))
   want_ornaments = (bool(m.get("ornament_prior", False))
                     and not tuple(m.get("ornament_shares", ())))
-  if not (want_rates or want_pickups or want_ornaments):
+  want_holds = bool(m.get("hold_prior", False)) and not tuple(m.get("hold_shares", ()))
+  if not (want_rates or want_pickups or want_ornaments or want_holds):
     return
   windows = real_windows(config, config.data.split, 4096)
   if not len(windows):
@@ -93,6 +95,10 @@ def resolve_sampler_priors(config) -> None:
     if want_ornaments:
       shares = voices_lib.ornament_shares(layout, windows)
       m.ornament_shares = tuple(round(float(s), 4) for s in shares)
+    if want_holds:
+      shares = voices_lib.hold_shares(layout, windows, steps_per_bar,
+                                      int(config.data.steps_per_beat))
+      m.hold_shares = tuple(round(float(s), 4) for s in shares)
 
 
 def with_pickup_prior(gen):
@@ -280,12 +286,66 @@ def calibrate_syncopation_weights(gen, *, split: str = "train", num: int = 256,
   return best["syncopation_weights"], rows
 
 
+def held_chord_rate(gen, rolls: np.ndarray) -> float:
+  """Held chords (voices.hold_shares: every voice sounding, none starting a note, for two beats
+  or more, starting on a beat) per bar of uint8 rolls."""
+  shares = voices_lib.hold_shares(gen.engine.layout, rolls, config_lib.steps_per_bar(gen.config),
+                                  int(gen.config.data.steps_per_beat))
+  return float(shares[1:].sum())
+
+
+def calibrate_hold_shares(gen, *, split: str = "train", num: int = 256, rounds: int = 2,
+                          seed: int = 0, max_scale: float = 2.0, target: float | None = None
+                          ) -> tuple[tuple[float, ...], list[dict[str, Any]]]:
+  """(model.hold_shares, rows): the hold prior's shares (`gen`'s, or measured on `split`) with
+  the chance of a planned held chord scaled so that `num` free samples hold as many chords per
+  bar as `split`'s excerpts (or `target` per bar), and one row per sampling round (scale,
+  rate, the data's). The
+  network holds some chords by itself (the shipped chorale model one in 12 bars), so the plan
+  needs fewer than the data has. Each round multiplies the scale by the data's rate over the
+  samples', within [0, `max_scale`] and so that the shares stay a distribution; the round
+  kept is the one nearest the data."""
+  m = gen.engine.model_cfg
+  if not voicegan.is_voice_model(gen.config):
+    raise ValueError("the hold prior steers the Gibbs sampler of a voices model "
+                     "(model.arch='voices')")
+  base = tuple(m.get("hold_shares", ()))
+  if not base or target is None:
+    windows = split_windows(gen.config, split, hop_bars=1)
+    base = base or voices_lib.hold_shares(gen.engine.layout, windows,
+                                          config_lib.steps_per_bar(gen.config),
+                                          int(gen.config.data.steps_per_beat))
+  base = np.asarray(base, np.float64)
+  data = float(target) if target is not None else held_chord_rate(gen, windows)
+  scale, rows = 1.0, []
+  for r in range(rounds + 1):
+    shares = np.concatenate([[0.0], base[1:] * scale])
+    shares[0] = 1.0 - shares[1:].sum()
+    trial = with_model_settings(gen, hold_prior=True,
+                                hold_shares=tuple(round(float(x), 4) for x in shares))
+    rate = held_chord_rate(trial, sample.sample(trial, jax.random.PRNGKey(seed), num))
+    rows.append({"scale": round(scale, 4), "hold_shares": trial.config.model.hold_shares,
+                 "rate": round(rate, 4), "target": round(data, 4)})
+    if r < rounds:
+      cap = min(max_scale, 1.0 / max(base[1:].sum(), 1e-9))
+      scale = float(np.clip(scale * data / max(rate, 1e-4), 0.0, cap))
+  best = min(rows, key=lambda row: abs(np.log(max(row["rate"], 1e-4) / max(data, 1e-4))))
+  return best["hold_shares"], rows
+
+
 def calibrate_sampler(gen, *, log: Callable[[str], Any] = print, seed: int = 0):
   """`gen` (a voices model) with its sampler's weights calibrated on the training split, in
-  turn: leap sizes (model.interval_weights), notes tied over a beat
-  (model.syncopation_weights), then the note density (model.onset_gain), which the others
-  move. `log` gets one line per sampling round. What `jaxgan export --calibrate` ships; about
-  20 minutes of a 2-core CPU for the chorale model."""
+  turn: the share of held chords (model.hold_shares, with the hold prior on), leap sizes
+  (model.interval_weights), notes tied over a beat (model.syncopation_weights), then the note
+  density (model.onset_gain), which the others move. `log` gets one line per sampling round.
+  What `jaxgan export --calibrate` ships; about 25 minutes of a 2-core CPU for the chorale
+  model."""
+  if gen.engine.model_cfg.get("hold_prior", False):
+    shares, rows = calibrate_hold_shares(gen, seed=seed)
+    for i, row in enumerate(rows):
+      log(f"held chords round {i}: scale {row['scale']}, held chords per bar {row['rate']} "
+          f"(training split: {row['target']})")
+    gen = with_model_settings(gen, hold_shares=shares)
   weights, rows = calibrate_interval_weights(gen, seed=seed)
   for i, row in enumerate(rows):
     log(f"leaps round {i}: mean leap per voice {row['mean_leap']} (training split: "

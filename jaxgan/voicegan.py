@@ -256,6 +256,7 @@ class VoiceModel:
     pickups = (tuple(m.get("pickup_shares", ())) if m.get("pickup_prior", False) else ())
     ornaments = (tuple(m.get("ornament_shares", ())) if m.get("ornament_prior", False) else ())
     tie_weights = tuple(m.get("syncopation_weights", ()))
+    holds = tuple(m.get("hold_shares", ())) if m.get("hold_prior", False) else ()
     steps_per_beat = int(self.config.data.steps_per_beat)
     vknown = known[..., list(layout.tracks)]
     plain = None
@@ -276,6 +277,15 @@ class VoiceModel:
       pickup_rest, pickup_sound = voices_lib.pickup_cells(
           k_pickup, ~vknown, jnp.asarray(pickups, jnp.float32))
       vknown = vknown | pickup_rest
+    held = tied = None
+    if holds:
+      # Cell-wise draws let each voice move on its own, so the four seldom hold a chord
+      # together (one in 12 bars; Bach ends a phrase on one about every 4 bars, on beat 1 or
+      # 3): where and how long the held chords of a free piece are is drawn from the training
+      # excerpts, and each is drawn as one note per voice. A key of its own, as the pickup's.
+      held, tied = voices_lib.hold_plan(
+          jax.random.fold_in(key, 1 << 22), ~known[..., list(layout.tracks)],
+          jnp.asarray(holds, jnp.float32), self.steps, steps_per_beat, blocked=pickup_rest)
     shape = context.shape
     given_classes, given_restrike = voices_lib.classes_from_roll(layout, context)
     if pickups:
@@ -300,6 +310,8 @@ class VoiceModel:
       logits = out["logits"]
       if pickups:
         logits = logits.at[..., voices_lib.REST].add(jnp.where(pickup_sound, -1e9, 0.0))
+      if holds:
+        logits = logits.at[..., voices_lib.REST].add(jnp.where(held, -1e9, 0.0))
       if penalty:
         # The network alone leaves parallel fifths and octaves at ~10x Bach's rate: cell-wise
         # Gibbs cannot move a whole note out of one once it is laid, so choices are steered
@@ -328,6 +340,8 @@ class VoiceModel:
     def draw(out, k, redraw, classes, restrike, poly_on, temperature, first_round=False):
       k1, k2, k3 = jax.random.split(k, 3)
       logits = scores(out, classes, restrike, first_round)
+      if holds:
+        logits = voices_lib.run_mean_logits(logits, tied)
       new = jax.random.categorical(k1, logits / temperature)
       classes = jnp.where(redraw, new, classes)
       strike_logit = out["restrike"]
@@ -336,6 +350,10 @@ class VoiceModel:
                                                                              rates)
       strike = jax.random.bernoulli(k2, jax.nn.sigmoid(strike_logit))
       restrike = jnp.where(redraw, strike, restrike)
+      if holds:
+        # A held chord's later steps sing its first step's note, not struck again.
+        classes = voices_lib.follow_runs(classes, tied)
+        restrike = restrike & ~tied
       if poly_tracks:
         on = jax.random.bernoulli(k3, jax.nn.sigmoid(out["poly"] / temperature))
         poly_on = jnp.where(known_cells, poly_on, on)
@@ -357,6 +375,9 @@ class VoiceModel:
       frac = i / jnp.maximum(m.gibbs_anneal * rounds, 1.0)
       pm = jnp.maximum(m.gibbs_pmin, m.gibbs_pmax - (m.gibbs_pmax - m.gibbs_pmin) * frac)
       redraw = free & (jax.random.uniform(jax.random.fold_in(k, 1), free.shape) < pm)
+      if holds:
+        # A held chord is redrawn where its first step is, all of it hidden from the network.
+        redraw = voices_lib.follow_runs(redraw, tied)
       out = predict(classes, restrike, poly_on, ~redraw)
       return draw(out, k, redraw, classes, restrike, poly_on, t)
 

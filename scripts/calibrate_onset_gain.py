@@ -6,9 +6,10 @@ run's (or export's) config.json.
     python scripts/calibrate_onset_gain.py --workdir runs/jsb_chorale --write
 
 A run saved before per-voice onset rates existed: add --per-voice-rates (they are measured
-again from the training split first; needs the data set). --lines first calibrates the lines'
-leap sizes and notes tied over a beat (model.interval_weights, syncopation_weights:
-evaluate.calibrate_sampler), as `jaxgan export --calibrate` does.
+again from the training split first; needs the data set). --lines first calibrates the share
+of held chords (model.hold_shares, where the hold prior is on), the lines' leap sizes and notes
+tied over a beat (model.interval_weights, syncopation_weights: evaluate.calibrate_sampler), as
+`jaxgan export --calibrate` does.
 
 Done for the shipped chorale model (jaxgan/pretrained/jsb): at a final temperature of 0.7
 its alto and tenor held notes longer than Bach's (see BENCHMARKS.md).
@@ -67,7 +68,7 @@ def main() -> int:
     config = config_lib.load_run_config(args.workdir)
     config.model.onset_gain = gain
     if args.lines:
-      for key in ("interval_prior", "interval_weights", "syncopation_weights"):
+      for key in ("interval_prior", "interval_weights", "syncopation_weights", "hold_shares"):
         config.model[key] = gen.config.model[key]
     config_lib.save_run_config(config, args.workdir)
     print(f"wrote {args.workdir}/config.json")

@@ -97,6 +97,8 @@ def test_mask_kinds_come_in_their_shares():
     ("--config.model.ornament_shares=(0.5, 0.5, 0.5, 0.5)", "model.ornament_shares"),  # sum 2
     ("--config.model.syncopation_weights=(-1.0,)", "model.syncopation_weights"),  # per voice
     ("--config.model.syncopation_weights=(-1.0, -50.0)", "model.syncopation_weights"),
+    ("--config.model.hold_shares=(0.5, 0.5)", "model.hold_shares"),   # 1 + 3 per beat
+    (f"--config.model.hold_shares={tuple([0.5] * 13)!r}", "model.hold_shares"),  # sum 6.5
 ])
 def test_bad_voices_config_fails_naming_the_key(override, key):
   with pytest.raises(config_lib.ConfigError, match=key.replace(".", r"\.")):
@@ -266,6 +268,31 @@ def test_calibrating_the_leaps_moves_them_toward_the_data(engine_state):
     tiny(f"--config.model.interval_weights={tuple(weights[:-1])!r}")
 
 
+def test_calibrating_the_hold_shares_moves_held_chords_toward_the_data(engine_state):
+  from jaxgan import evaluate  # pylint: disable=import-outside-toplevel
+  engine, state = engine_state
+  shares = [0.0] * 13
+  shares[0], shares[1], shares[7] = 0.4, 0.3, 0.3   # beat 0 or beat 2, for 2 beats
+  config = tiny("--config.model.gibbs_rounds=4", "--config.model.hold_prior=True",
+                f"--config.model.hold_shares={tuple(shares)!r}")
+  gen = sample_lib.Generator(config=config, engine=voicegan.VoiceModel(config, engine.mesh),
+                             variables={"params": state["g_ema"], "batch_stats": {}}, step=0,
+                             tracks=sample_lib.tracks_for(config))
+  # The untrained network holds hardly a chord by itself: what it holds is the plan's.
+  plain = evaluate.with_model_settings(gen, hold_prior=False)
+  assert evaluate.held_chord_rate(plain, sample_lib.sample(plain, jax.random.PRNGKey(0), 64)) < 0.1
+  calibrated, rows = evaluate.calibrate_hold_shares(gen, num=64, rounds=2, target=0.3)
+  assert len(rows) == 3 and rows[0]["scale"] == 1.0 and rows[0]["rate"] > 0.45
+  # The plan's chance falls toward the target's, one scale for every kind of chord, and the
+  # round kept is the one nearest the target.
+  scale = calibrated[1] / 0.3
+  assert 0.3 < scale < 0.8 and calibrated[7] == pytest.approx(0.3 * scale, abs=2e-4)
+  assert calibrated[0] == pytest.approx(1 - sum(calibrated[1:]), abs=1e-3)
+  gaps = [abs(np.log(r["rate"] / 0.3)) for r in rows]
+  kept = next(r for r in rows if tuple(r["hold_shares"]) == tuple(calibrated))
+  assert abs(np.log(kept["rate"] / 0.3)) == min(gaps) < 0.25, rows
+
+
 def _random_condition(engine, num: int, seed: int, *, given: float, restrikes: float,
                       rests: bool):
   """(classes, roll, known, z): random voices over the engine's window, `given` of the cells
@@ -426,6 +453,39 @@ def test_syncopation_weights_steer_the_sampler(engine_state):
   assert first[0] > 5 * max(off[0], 2) and first[1] < 3 * max(off[1], 2), counts
 
 
+def test_hold_prior_holds_a_chord_in_every_voice_where_its_plan_says(engine_state):
+  engine, state = engine_state
+  layout = engine.layout
+  b = 32
+  z, key, free_cond, given_cond, roll = _free_and_given(engine, b, 11)
+  spb, bar = engine.config.data.steps_per_beat, engine.data_shape[1]
+  shares = [0.0] * (1 + 3 * (bar // spb))
+  shares[1] = 1.0                      # every bar: a chord held from beat 0 for 2 beats
+  out = {}
+  for prior in (False, True):
+    model = voicegan.VoiceModel(tiny("--config.model.gibbs_rounds=4",
+                                     f"--config.model.hold_prior={prior}",
+                                     f"--config.model.hold_shares={tuple(shares)!r}"),
+                                engine.mesh)
+    gibbs = jax.jit(model.gibbs)
+    got, strike = voices_lib.classes_from_roll(layout, gibbs(state["g_ema"], z, key, free_cond))
+    out[prior] = (np.asarray(got), np.asarray(strike),
+                  np.asarray(gibbs(state["g_ema"], z, key, given_cond)))
+  classes, strike, _ = out[True]
+  first = classes.reshape(b, -1, bar, layout.num_voices)[:, :, :2 * spb]     # [B, bars, 4, V]
+  # Every voice sounds and holds one note over the chord's steps: no rest, no new pitch, not
+  # struck again.
+  assert (first != voices_lib.REST).all()
+  assert (first == first[:, :, :1]).all()
+  assert not strike.reshape(b, -1, bar, layout.num_voices)[:, :, 1:2 * spb].any()
+  # The untrained network alone seldom does.
+  off = out[False][0].reshape(b, -1, bar, layout.num_voices)[:, :, :2 * spb]
+  assert (off == off[:, :, :1]).all(2).all(-1).mean() < 0.2
+  # Pieces with given cells are not the prior's: bit for bit as with it off.
+  np.testing.assert_array_equal(out[True][2], out[False][2])
+  np.testing.assert_array_equal(out[True][2][:, 0], np.asarray(roll)[:, 0])
+
+
 # --- training -------------------------------------------------------------------------------
 
 
@@ -484,7 +544,11 @@ def test_adversarial_step_updates_the_critic(critic_input):
 def test_export_loads_without_training_state_and_samples_the_same(tmp_path):
   workdir = str(tmp_path / "run")
   assert cli.main(["train", "--config", TINY, "--workdir", workdir, "--quiet",
-                   "--config.train.num_steps=5", "--config.train.ckpt_every=5"]) == 0
+                   "--config.train.num_steps=5", "--config.train.ckpt_every=5",
+                   "--config.model.hold_prior=True"]) == 0
+  # The hold prior's shares are measured from the training split when training starts.
+  measured = tuple(config_lib.load_run_config(workdir).model.hold_shares)
+  assert len(measured) == 1 + 3 * 4 and abs(sum(measured) - 1) < 1e-3
   out = str(tmp_path / "export")
   assert cli.main(["export", "--workdir", workdir, "--out", out, "--dtype", "float32"]) == 0
   assert sorted(os.listdir(out)) == ["config.json", "export.json", "generator.msgpack"]
@@ -506,6 +570,9 @@ def test_export_loads_without_training_state_and_samples_the_same(tmp_path):
   # (the round nearest the data is kept: for the tiny model that may be the first, all 0)
   assert len(shipped.syncopation_weights) == 2
   assert all(abs(w) <= 6.0 for w in shipped.syncopation_weights)
+  # ... and the held chords' shares, first of all: scaled, still a distribution.
+  held = np.asarray(shipped.hold_shares)
+  assert held.shape == (13,) and abs(held.sum() - 1) < 1e-3
   assert tuple(config_lib.load_run_config(workdir).model.onset_gain) == ()   # the run's own
   # A damaged weights file is refused with its name.
   with open(os.path.join(out, "generator.msgpack"), "r+b") as f:

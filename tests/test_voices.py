@@ -539,3 +539,92 @@ def test_syncopation_prior_counts_what_each_choice_would_make(roll, seed):
       totals.append(float(np.asarray(count(jnp.asarray(changed)))[v]) * weights[v])
     np.testing.assert_allclose(prior[0, t, v] - prior[0, t, v, 0],
                                np.asarray(totals) - totals[0], atol=1e-6)
+
+
+def _roll_of_lines(lines_per_piece, steps_per_piece):
+  """uint8 rolls of SHAPE[1:] from per piece (pitches of voice 0, of voice 1) per step, a note
+  starting where the pitch changes, or where a step is listed in the piece's third entry."""
+  roll = np.zeros((len(lines_per_piece),) + SHAPE[1:], np.uint8)
+  flat = roll.reshape(len(lines_per_piece), steps_per_piece, SHAPE[3], SHAPE[4])
+  for i, (*lines, restruck) in enumerate(lines_per_piece):
+    for (track, _), pitches in zip(zip(LAYOUT.tracks, LAYOUT.ranges), lines):
+      for t, p in enumerate(pitches):
+        start = t == 0 or pitches[t - 1] != p or t in restruck
+        flat[i, t, p, track] = 2 if start else 1
+  return roll
+
+
+def _moving(low, steps):
+  return [low + (t % 2) for t in range(steps)]      # a new note every step
+
+
+def test_hold_shares_count_chords_every_voice_holds_by_beat_and_length():
+  steps = SHAPE[1] * SHAPE[2]                       # 3 bars of 8 steps, 2 steps per beat
+  def piece(hold_from, hold_steps, restruck=()):
+    lines = []
+    for low, held in ((12, 15), (3, 6)):
+      line = _moving(low, steps)
+      line[hold_from:hold_from + hold_steps] = [held] * hold_steps
+      lines.append(line)
+    return (*lines, set(restruck))
+  roll = _roll_of_lines([
+      piece(0, 4),              # bar 0, beat 0, 2 beats           -> 1 + 0 * 3 + 0 = 1
+      piece(4, 6),              # bar 0, beat 2, 3 beats           -> 1 + 2 * 3 + 1 = 8
+      piece(8, 0),              # nothing held
+      piece(8, 8),              # bar 1, beat 0, 4 beats           -> 3
+      piece(16, 8, [20]),       # struck again at step 20: 2 + 2 beats -> 1 and 1 + 2 * 3 = 7
+  ], steps)
+  shares = voices.hold_shares(LAYOUT, roll, steps_per_bar=8, steps_per_beat=2)
+  expected = np.zeros(13)
+  expected[[1, 8, 3, 7]] = [2, 1, 1, 1]
+  expected[0] = 15 - 5                              # 5 pieces of 3 bars, 5 held chords
+  np.testing.assert_allclose(shares, expected / 15)
+
+
+def test_hold_plan_places_chords_on_the_drawn_beats_in_free_pieces_only():
+  num, steps, bar, spb = 300, 24, 8, 2
+  free = np.ones((num, steps, 2), bool)
+  free[:60, 9, 1] = False                           # a restoration or accompaniment: no plan
+  blocked = np.zeros((num, steps, 2), bool)
+  blocked[60:120, :3] = True                        # a pickup's rests: no chord over them
+  shares = np.zeros(13)
+  shares[[0, 1, 9]] = [0.5, 0.25, 0.25]             # none / beat 0 for 2 beats / beat 2 for 4
+  held, tied = (np.asarray(x)[..., 0] for x in voices.hold_plan(
+      jax.random.PRNGKey(0), jnp.asarray(free), jnp.asarray(shares), bar, spb,
+      blocked=jnp.asarray(blocked)))
+  assert not held[:60].any() and not tied[:60].any()
+  assert not held[60:120, :3].any()
+  starts = []
+  for i in range(60, num):
+    first = held[i] & ~tied[i]                      # each chord's first step
+    assert not tied[i, 0] and (held[i, :-1] >= tied[i, 1:]).all()   # tied steps follow held
+    for s in np.nonzero(first)[0]:
+      length = 1 + int(np.argmin(np.append(tied[i, s + 1:], False)))
+      assert (s % bar, length) in ((0, 4), (4, min(8, steps - s))), (i, s, length)
+      starts.append(s % bar)
+  # Chords from beat 2 are never dropped; those from beat 0 are where the bar before holds one
+  # over its bar line (a quarter of them), or in the pickup's bar.
+  from_beat_2, from_beat_0 = starts.count(4), starts.count(0)
+  assert abs(from_beat_2 - 0.25 * 240 * 3) <= 12, from_beat_2
+  assert 0.5 * 0.25 * 720 < from_beat_0 < 0.25 * 720, from_beat_0
+
+
+def test_runs_follow_their_first_step_and_draw_from_the_mean_of_their_logits():
+  tied = jnp.array([[0, 1, 1, 0, 0, 1, 0, 1, 1, 1], [0] * 10], bool)[..., None]
+  np.testing.assert_array_equal(np.asarray(voices.run_starts(tied))[0, :, 0],
+                                [0, 0, 0, 3, 4, 4, 6, 6, 6, 6])
+  x = jnp.broadcast_to(jnp.arange(10)[None, :, None], (2, 10, 3))
+  np.testing.assert_array_equal(np.asarray(voices.follow_runs(x, tied))[0, :, 1],
+                                [0, 0, 0, 3, 4, 4, 6, 6, 6, 6])
+  np.testing.assert_array_equal(np.asarray(voices.follow_runs(x, tied))[1], np.asarray(x[1]))
+  logits = jax.random.normal(jax.random.PRNGKey(1), (2, 10, 3, 4))
+  logits = logits.at[:, :2, :, 0].set(-1e9)         # a masked class before a run, as a pickup's
+  mean = np.asarray(voices.run_mean_logits(logits, tied))
+  ref = np.asarray(logits)
+  for start, end in ((0, 3), (4, 6), (6, 10)):
+    np.testing.assert_allclose(mean[0, start, :, 1:], ref[0, start:end, :, 1:].mean(0),
+                               rtol=1e-5)
+  np.testing.assert_allclose(mean[0, 6, :, 0], ref[0, 6:, :, 0].mean(0), rtol=1e-5)
+  # Steps outside a run, and every step of a piece without runs, keep their logits exactly.
+  np.testing.assert_array_equal(mean[0, 3], ref[0, 3])
+  np.testing.assert_array_equal(mean[1], ref[1])

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgan.models.voices_config import INTERVAL_BINS
+from jaxgan.models.voices_config import HOLD_BEATS, INTERVAL_BINS
 
 Array = jax.Array
 REST = 0
@@ -313,6 +313,95 @@ def plain_voices(key: Array, free: Array, shares: Array) -> Array:
   pattern = systematic_choice(key, num, shares)
   ornamented = (pattern[:, None] >> jnp.arange(num_voices)[None, :]) & 1
   return (eligible & (ornamented == 0))[:, None, :]
+
+
+def hold_shares(layout: VoiceLayout, rolls: np.ndarray, steps_per_bar: int,
+                steps_per_beat: int) -> np.ndarray:
+  """float [1 + beats_per_bar * len(HOLD_BEATS)]: per bar of the pieces (uint8 rolls [N, bars,
+  steps, pitches, tracks]), the share with no held chord starting in it (index 0) and with one
+  starting on beat b that lasts HOLD_BEATS[l] beats (index 1 + b * len(HOLD_BEATS) + l). A held
+  chord: every voice sounds and none starts a note for two beats or more. Bach ends his
+  phrases on them. Chords that start off a beat are left out (the JSB training excerpts have
+  none)."""
+  classes, restrike = classes_from_roll(layout, jnp.asarray(rolls))
+  everyone = np.asarray(classes != REST).all(-1)                     # [N, T]
+  any_start = np.asarray(note_starts(classes, restrike)).any(-1)
+  num, steps = everyone.shape
+  beats, lengths = steps_per_bar // steps_per_beat, len(HOLD_BEATS)
+  counts = np.zeros(1 + beats * lengths)
+  run, start = np.zeros(num, np.int64), np.zeros(num, np.int64)
+  for t in range(steps + 1):
+    goes_on = (everyone[:, t] & ~any_start[:, t] & (run > 0)) if t < steps else np.zeros(num, bool)
+    ended = ~goes_on & (run >= HOLD_BEATS[0] * steps_per_beat) & (start % steps_per_beat == 0)
+    beat = (start % steps_per_bar) // steps_per_beat
+    length = np.clip(run // steps_per_beat, HOLD_BEATS[0], HOLD_BEATS[-1]) - HOLD_BEATS[0]
+    np.add.at(counts, 1 + beat[ended] * lengths + length[ended], 1)
+    if t < steps:
+      start = np.where(goes_on, start, t)
+      run = np.where(goes_on, run + 1, everyone[:, t].astype(np.int64))
+  bars = num * (steps // steps_per_bar)
+  counts[0] = bars - counts[1:].sum()
+  return counts / max(bars, 1)
+
+
+def hold_plan(key: Array, free: Array, shares: Array, steps_per_bar: int,
+              steps_per_beat: int, blocked: Array | None = None) -> tuple[Array, Array]:
+  """(held, tied), bool [B, T, 1] each: for every piece with no given voice cell (`free` [B, T,
+  V] all True), held chords drawn bar by bar from `shares` (`hold_shares`, systematic draws
+  over the batch's bars): `held` marks their steps, `tied` the steps after each one's first,
+  where every voice goes on with the note it sings at the first. A chord that would begin
+  inside the one before, or cover a step of `blocked` [B, T, V] (a pickup's rests), is
+  dropped. Other pieces get none."""
+  num, steps, _ = free.shape
+  blocked_steps = (jnp.zeros((num, steps), bool) if blocked is None
+                   else jnp.broadcast_to(blocked, free.shape).any(-1))
+  bars, lengths = steps // steps_per_bar, len(HOLD_BEATS)
+  choice = systematic_choice(key, num * bars, shares).reshape(num, bars) - 1
+  eligible = free.all((1, 2))
+  t = jnp.arange(steps)[None, :]
+  held = tied = jnp.zeros((num, steps), bool)
+  previous_end = jnp.zeros(num, jnp.int32)
+  for bar in range(bars):
+    k = choice[:, bar]
+    start = bar * steps_per_bar + (k // lengths) * steps_per_beat
+    end = jnp.minimum(start + jnp.asarray(HOLD_BEATS)[k % lengths] * steps_per_beat, steps)
+    span = (t >= start[:, None]) & (t < end[:, None])
+    ok = eligible & (k >= 0) & (start >= previous_end) & ~(span & blocked_steps).any(1)
+    span = span & ok[:, None]
+    held, tied = held | span, tied | (span & (t > start[:, None]))
+    previous_end = jnp.where(ok, end, previous_end)
+  return held[..., None], tied[..., None]
+
+
+def run_starts(tied: Array) -> Array:
+  """int32, `tied`'s shape [B, T, ...]: for each step the first step of its run, a run being
+  a step that is not tied and the tied steps after it."""
+  step = jnp.arange(tied.shape[1]).reshape((1, -1) + (1,) * (tied.ndim - 2))
+  return jax.lax.cummax(jnp.where(tied, 0, step).astype(jnp.int32), axis=1)
+
+
+def follow_runs(x: Array, tied: Array) -> Array:
+  """x [B, T, V, ...] with every tied step (`tied` [B, T, V] or [B, T, 1]) set to its run's
+  first step's value."""
+  start = jnp.broadcast_to(run_starts(tied), x.shape[:3])
+  start = start.reshape(start.shape + (1,) * (x.ndim - 3))
+  return jnp.take_along_axis(x, start, axis=1)
+
+
+def run_mean_logits(logits: Array, tied: Array) -> Array:
+  """logits [B, T, V, C] with each run's first step holding the mean of the run's logits: one
+  draw there chooses the pitch the whole run sings, as every step of it would have it (a
+  geometric mean of the steps' distributions: the network's neighbouring cells are not
+  independent evidence). Steps outside runs keep their logits bit for bit. Summed by segment,
+  not by a running sum: masked classes (-1e9) would swamp a difference of running sums."""
+  b, t, v, c = logits.shape
+  start = jnp.broadcast_to(run_starts(tied), (b, t, v))
+  ids = ((jnp.arange(b)[:, None, None] * t + start) * v + jnp.arange(v)).reshape(-1)
+  sums = jax.ops.segment_sum(logits.reshape(-1, c), ids, num_segments=b * t * v)
+  counts = jax.ops.segment_sum(jnp.ones(ids.shape, logits.dtype), ids, num_segments=b * t * v)
+  mean = (sums / jnp.maximum(counts, 1)[:, None]).reshape(logits.shape)
+  run_first = (~jnp.broadcast_to(tied, (b, t, v))) & (counts.reshape(b, t, v) > 1)
+  return jnp.where(run_first[..., None], mean, logits)
 
 
 def _by_step(rates: Array, num_steps: int) -> Array:

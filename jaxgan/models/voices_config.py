@@ -9,6 +9,7 @@ from jaxgan.errors import ConfigError
 
 MASK_KINDS = ("cells", "bars", "voices", "all")
 INTERVAL_BINS = 14   # model.interval_weights: leaps of 0..12 semitones, one bin for any wider
+HOLD_BEATS = (2, 3, 4)  # model.hold_shares: lengths of a held chord in beats (longer ones: 4)
 CRITIC_INPUTS = ("gumbel", "softmax")
 
 
@@ -59,6 +60,11 @@ def model_config() -> ml_collections.ConfigDict:
                                 # values; measured from the training data when training starts
   m.syncopation_weights = ()    # per voice, a log-factor on each note that begins off a beat
                                 # and is held over the next one (jaxgan export --calibrate)
+  m.hold_prior = False          # free pieces hold chords in every voice (phrase ends) where
+                                # and as long as the training excerpts do
+  m.hold_shares = ()            # that prior: per bar, share with no held chord starting in it,
+                                # then with one starting on beat b lasting 2, 3 or 4 beats
+                                # (1 + 3 * beats values); measured when training starts
   return m
 
 
@@ -153,6 +159,17 @@ def check_config(config) -> None:
     raise ConfigError(f"model.syncopation_weights must hold {voices} log-factors in [-20, 20], "
                       f"one per voice (jaxgan export --calibrate measures them), or be empty "
                       f"(none); got {tie!r}")
+  if not isinstance(m.get("hold_prior", False), bool):
+    raise ConfigError(f"model.hold_prior={m.hold_prior!r} must be True or False")
+  holds = tuple(m.get("hold_shares", ()))
+  size = 1 + (steps // int(d.steps_per_beat)) * len(HOLD_BEATS)
+  if holds and (len(holds) != size or not all(
+      isinstance(s, (int, float)) and not isinstance(s, bool) and 0 <= s <= 1 for s in holds)
+      or abs(sum(holds) - 1) > 1e-3):
+    raise ConfigError(f"model.hold_shares must hold {size} shares in [0, 1] summing to 1 (no "
+                      f"held chord in a bar, then one per beat it starts on and length "
+                      f"{HOLD_BEATS} beats), or be empty (measured when training starts); got "
+                      f"{len(holds)} values")
   for key in ("temperature", "final_temperature"):
     if not m.get(key, 1.0) > 0:
       raise ConfigError(f"model.{key}={m.get(key)!r} must be > 0")
