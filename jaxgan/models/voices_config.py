@@ -73,6 +73,13 @@ def model_config() -> ml_collections.ConfigDict:
 LEGACY_DEFAULTS = {"rotary": False, "local_conv": False, "metre_prior": 0.0}
 
 
+def _is_distribution(shares: tuple, size: int) -> bool:
+  """`size` numbers in [0, 1] summing to 1 (within rounding): a prior's measured shares."""
+  return (len(shares) == size and all(
+      isinstance(s, (int, float)) and not isinstance(s, bool) and 0 <= s <= 1 for s in shares)
+      and abs(sum(shares) - 1) <= 1e-3)
+
+
 def check_config(config) -> None:
   """Raises ConfigError for a voices config that cannot train; called by config.validate."""
   m, lc, d = config.model, config.loss, config.data
@@ -138,18 +145,14 @@ def check_config(config) -> None:
   if not isinstance(m.get("pickup_prior", False), bool):
     raise ConfigError(f"model.pickup_prior={m.pickup_prior!r} must be True or False")
   pickups = tuple(m.get("pickup_shares", ()))
-  if pickups and (len(pickups) != steps or not all(
-      isinstance(s, (int, float)) and not isinstance(s, bool) and 0 <= s <= 1 for s in pickups)
-      or abs(sum(pickups) - 1) > 1e-3):
+  if pickups and not _is_distribution(pickups, steps):
     raise ConfigError(f"model.pickup_shares must hold {steps} shares in [0, 1] summing to 1 "
                       f"(one per pickup length 0 .. {steps - 1} steps), or be empty (measured "
                       f"when training starts); got {pickups!r}")
   if not isinstance(m.get("ornament_prior", False), bool):
     raise ConfigError(f"model.ornament_prior={m.ornament_prior!r} must be True or False")
   ornaments = tuple(m.get("ornament_shares", ()))
-  if ornaments and (len(ornaments) != 2 ** voices or not all(
-      isinstance(s, (int, float)) and not isinstance(s, bool) and 0 <= s <= 1 for s in ornaments)
-      or abs(sum(ornaments) - 1) > 1e-3):
+  if ornaments and not _is_distribution(ornaments, 2 ** voices):
     raise ConfigError(f"model.ornament_shares must hold {2 ** voices} shares in [0, 1] summing "
                       f"to 1 (one per set of voices, bit v = voice v), or be empty (measured "
                       f"when training starts); got {len(ornaments)} values")
@@ -163,9 +166,7 @@ def check_config(config) -> None:
     raise ConfigError(f"model.hold_prior={m.hold_prior!r} must be True or False")
   holds = tuple(m.get("hold_shares", ()))
   size = 1 + (steps // int(d.steps_per_beat)) * len(HOLD_BEATS)
-  if holds and (len(holds) != size or not all(
-      isinstance(s, (int, float)) and not isinstance(s, bool) and 0 <= s <= 1 for s in holds)
-      or abs(sum(holds) - 1) > 1e-3):
+  if holds and not _is_distribution(holds, size):
     raise ConfigError(f"model.hold_shares must hold {size} shares in [0, 1] summing to 1 (no "
                       f"held chord in a bar, then one per beat it starts on and length "
                       f"{HOLD_BEATS} beats), or be empty (measured when training starts); got "
