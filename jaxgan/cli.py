@@ -84,7 +84,7 @@ def cmd_export(args, extra) -> int:
   gen = sample.Generator.from_workdir(args.workdir, use_ema=not args.no_ema, best=args.best)
   if args.calibrate:
     from jaxgan import evaluate  # pylint: disable=import-outside-toplevel
-    gen = evaluate.calibrate_sampler(gen)
+    gen = evaluate.calibrate_sampler(gen, hold_split=args.hold_split)
     m = gen.config.model
     print(f"model.syncopation_weights={m.syncopation_weights}, onset_gain={m.onset_gain} "
           f"(and {len(m.interval_weights)} interval_weights)")
@@ -448,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "onset_gain so that free samples leap, tie notes over beats and sing "
                       "as many notes per bar as the training split (about 20 minutes on a "
                       "2-core CPU; needs the data set)")
+  p.add_argument("--hold-split", default="train",
+                 help="with --calibrate and model.hold_prior: the split whose held chords per "
+                      "bar free samples match")
   p.set_defaults(func=cmd_export)
 
   p = sub.add_parser("profile", help="time train steps: compile, p50/p90, FLOPs, MFU, trace")

@@ -297,10 +297,10 @@ def held_chord_rate(gen, rolls: np.ndarray) -> float:
 def calibrate_hold_shares(gen, *, split: str = "train", num: int = 256, rounds: int = 2,
                           seed: int = 0, max_scale: float = 2.0, target: float | None = None
                           ) -> tuple[tuple[float, ...], list[dict[str, Any]]]:
-  """(model.hold_shares, rows): the hold prior's shares (`gen`'s, or measured on `split`) with
-  the chance of a planned held chord scaled so that `num` free samples hold as many chords per
-  bar as `split`'s excerpts (or `target` per bar), and one row per sampling round (scale,
-  rate, the data's). The
+  """(model.hold_shares, rows): the hold prior's shares (`gen`'s, or measured on the training
+  split) with the chance of a planned held chord scaled so that `num` free samples hold as many
+  chords per bar as `split`'s excerpts (or `target` per bar), and one row per sampling round
+  (scale, rate, the data's). The
   network holds some chords by itself (the shipped chorale model one in 12 bars), so the plan
   needs fewer than the data has. Each round multiplies the scale by the data's rate over the
   samples', within [0, `max_scale`] and so that the shares stay a distribution; the round
@@ -310,13 +310,15 @@ def calibrate_hold_shares(gen, *, split: str = "train", num: int = 256, rounds: 
     raise ValueError("the hold prior steers the Gibbs sampler of a voices model "
                      "(model.arch='voices')")
   base = tuple(m.get("hold_shares", ()))
-  if not base or target is None:
-    windows = split_windows(gen.config, split, hop_bars=1)
-    base = base or voices_lib.hold_shares(gen.engine.layout, windows,
-                                          config_lib.steps_per_bar(gen.config),
-                                          int(gen.config.data.steps_per_beat))
+  if not base:   # where the plan puts held chords: always the training split's
+    base = voices_lib.hold_shares(gen.engine.layout,
+                                  split_windows(gen.config, "train", hop_bars=1),
+                                  config_lib.steps_per_bar(gen.config),
+                                  int(gen.config.data.steps_per_beat))
+  if target is None:
+    target = held_chord_rate(gen, split_windows(gen.config, split, hop_bars=1))
   base = np.asarray(base, np.float64)
-  data = float(target) if target is not None else held_chord_rate(gen, windows)
+  data = float(target)
   scale, rows = 1.0, []
   for r in range(rounds + 1):
     shares = np.concatenate([[0.0], base[1:] * scale])
@@ -333,18 +335,20 @@ def calibrate_hold_shares(gen, *, split: str = "train", num: int = 256, rounds: 
   return best["hold_shares"], rows
 
 
-def calibrate_sampler(gen, *, log: Callable[[str], Any] = print, seed: int = 0):
+def calibrate_sampler(gen, *, log: Callable[[str], Any] = print, seed: int = 0,
+                      hold_split: str = "train"):
   """`gen` (a voices model) with its sampler's weights calibrated on the training split, in
-  turn: the share of held chords (model.hold_shares, with the hold prior on), leap sizes
+  turn: the share of held chords (model.hold_shares, with the hold prior on; toward
+  `hold_split`'s rate: the chorales' training split holds more than the held-out ones), leap sizes
   (model.interval_weights), notes tied over a beat (model.syncopation_weights), then the note
   density (model.onset_gain), which the others move. `log` gets one line per sampling round.
   What `jaxgan export --calibrate` ships; about 25 minutes of a 2-core CPU for the chorale
   model."""
   if gen.engine.model_cfg.get("hold_prior", False):
-    shares, rows = calibrate_hold_shares(gen, seed=seed)
+    shares, rows = calibrate_hold_shares(gen, split=hold_split, seed=seed)
     for i, row in enumerate(rows):
       log(f"held chords round {i}: scale {row['scale']}, held chords per bar {row['rate']} "
-          f"(training split: {row['target']})")
+          f"({hold_split} split: {row['target']})")
     gen = with_model_settings(gen, hold_shares=shares)
   weights, rows = calibrate_interval_weights(gen, seed=seed)
   for i, row in enumerate(rows):

@@ -42,6 +42,9 @@ def main() -> int:
   parser.add_argument("--lines", action="store_true",
                       help="first calibrate model.interval_weights and syncopation_weights "
                            "(leaps, notes tied over a beat)")
+  parser.add_argument("--hold-split", default="train",
+                      help="with --lines and the hold prior on: the split whose held chords "
+                           "per bar to match")
   args = parser.parse_args()
   if args.per_voice_rates:
     config = config_lib.load_run_config(args.workdir)
@@ -53,7 +56,7 @@ def main() -> int:
   gen = sample.Generator.from_workdir(args.workdir)
   t0 = time.perf_counter()
   if args.lines:
-    gen = evaluate.calibrate_sampler(gen, seed=args.seed)
+    gen = evaluate.calibrate_sampler(gen, seed=args.seed, hold_split=args.hold_split)
     gain = tuple(gen.config.model.onset_gain)
   else:
     gain, rows = evaluate.calibrate_onset_gain(gen, split=args.split, num=args.num,

@@ -291,6 +291,11 @@ def test_calibrating_the_hold_shares_moves_held_chords_toward_the_data(engine_st
   gaps = [abs(np.log(r["rate"] / 0.3)) for r in rows]
   kept = next(r for r in rows if tuple(r["hold_shares"]) == tuple(calibrated))
   assert abs(np.log(kept["rate"] / 0.3)) == min(gaps) < 0.25, rows
+  # Without a target, the rate to match is the named split's; the plan stays gen's.
+  for split in ("train", "validation"):
+    kept, rows = evaluate.calibrate_hold_shares(gen, num=16, rounds=0, split=split)
+    data = evaluate.held_chord_rate(gen, evaluate.split_windows(config, split, hop_bars=1))
+    assert rows[0]["target"] == pytest.approx(data, abs=1e-4) and kept == tuple(shares)
 
 
 def _random_condition(engine, num: int, seed: int, *, given: float, restrikes: float,
