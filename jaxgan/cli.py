@@ -444,10 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--best", action="store_true",
                  help="export the checkpoint kept by train.best_metric, not the latest")
   p.add_argument("--calibrate", action="store_true",
-                 help="voices models: set model.interval_weights, syncopation_weights and "
-                      "onset_gain so that free samples leap, tie notes over beats and sing "
-                      "as many notes per bar as the training split (about 20 minutes on a "
-                      "2-core CPU; needs the data set)")
+                 help="voices models: scale model.hold_shares (with model.hold_prior), then "
+                      "set model.interval_weights, syncopation_weights and onset_gain so "
+                      "that free samples hold chords, leap, tie notes over beats and sing "
+                      "as many notes per bar as the data (about 40 minutes on a 2-core CPU "
+                      "with the hold prior; needs the data set)")
   p.add_argument("--hold-split", default="train",
                  help="with --calibrate and model.hold_prior: the split whose held chords per "
                       "bar free samples match")
