@@ -57,6 +57,9 @@ class Checkpointer:
             max_to_keep=keep, save_interval_steps=every,
             enable_async_checkpointing=async_save, cleanup_tmp_directories=clean_tmp))
     self._in_flight: int | None = None   # the step of the async save not yet known to be done
+    # Steps whose save failed: an Orbax writer thread still finishing may write into their
+    # temporary folder after it is first removed, so it is removed again once all are done.
+    self._failed_steps: set[int | None] = set()
 
   def save(self, step: int, state, *, force: bool = False) -> bool:
     """Starts saving `step` (async). Raises CheckpointWriteError if the previous save failed
@@ -78,13 +81,25 @@ class Checkpointer:
       self.manager.wait_until_finished()
     except Exception as e:
       self._failed(step, e)
+    self._remove_failed()
 
-  def _failed(self, step: int | None, e: Exception) -> None:
-    """Removes what the failed save left and raises its CheckpointWriteError."""
+  def _remove_tmp(self, step: int | None) -> None:
+    """Removes the temporary folders of `step`'s save (of every save when None)."""
     if jax.process_index() == 0 and paths.isdir(self.directory):
       for name in paths.listdir(self.directory):
         if TMP_MARK in name and (step is None or name.split(TMP_MARK)[0] == str(step)):
           paths.rmtree(paths.join(self.directory, name), ignore_errors=True)
+
+  def _remove_failed(self) -> None:
+    """With no save in flight: removes what the failed saves' last writes left."""
+    for step in self._failed_steps:
+      self._remove_tmp(step)
+    self._failed_steps.clear()
+
+  def _failed(self, step: int | None, e: Exception) -> None:
+    """Removes what the failed save left and raises its CheckpointWriteError."""
+    self._failed_steps.add(step)
+    self._remove_tmp(step)
     try:
       self.manager.reload()
     except Exception:  # pylint: disable=broad-except  (the folder may be gone altogether)
@@ -170,6 +185,7 @@ class Checkpointer:
       self._settle()
     finally:
       self.manager.close()
+      self._remove_failed()   # every writer thread has ended now
 
 
 class _QuietOrbax(logging.Filter):
