@@ -38,13 +38,13 @@ def main() -> int:
       np.asarray(sample.sample(gen, jax.random.PRNGKey(rep + 1), args.num))
       seconds[w].append(time.perf_counter() - t0)
   print(f"{'generator':40s} {'rounds':>6} {'metre':>5} {'penalty':>7} {'ornament':>8} "
-        f"{'syncopation':>11} {f'median s / {args.num}':>14} {'range':>12}")
+        f"{'syncopation':>11} {'hold':>5} {f'median s / {args.num}':>14} {'range':>12}")
   for w, gen in gens.items():
     m = gen.engine.model_cfg
     v = seconds[w]
     print(f"{w[-40:]:40s} {m.gibbs_rounds:6d} {m.metre_prior:5.2f} {m.voice_leading_penalty:7.1f} "
           f"{str(bool(m.get('ornament_prior'))):>8} {str(bool(m.get('syncopation_weights'))):>11} "
-          f"{statistics.median(v):14.1f} {min(v):5.1f}-{max(v):.1f}")
+          f"{str(bool(m.get('hold_prior'))):>5} {statistics.median(v):14.1f} {min(v):5.1f}-{max(v):.1f}")
   return 0
 
 
